@@ -1,0 +1,169 @@
+"""The run configuration: pydantic models, YAML in, resolved YAML out.
+
+Unknown keys are errors that name the key and suggest the closest valid one. Each method owns a
+``MethodConfig`` subclass (registered with the method) whose field defaults are the paper's.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from promptcl.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    name: str = Field("synth-shapes-10", description="registered dataset or benchmark preset")
+    root: Path | None = Field(None, description="dataset folder (real datasets); None for synthetic ones")
+    split_file: Path | None = Field(None, description="optional train/test split file (ImageNet-R)")
+    download: bool = Field(False, description="let torchvision download the data (CIFAR-100 only)")
+    augment: bool = Field(True, description="random-resized crop + flip on training images")
+    num_tasks: int | None = Field(None, ge=1, description="equal tasks; None = the benchmark's default")
+    base_classes: int | None = Field(None, ge=1, description="classes of the first task (base + increments)")
+    task_sizes: list[int] | None = Field(None, description="explicit classes per task, e.g. [11, 10, ...]")
+    class_order: list[int] | None = Field(None, description="explicit class order; None = seeded permutation")
+    shuffle_classes: bool = Field(True, description="permute the class order with the run seed")
+    subsample: int | None = Field(None, ge=1, description="keep at most this many train samples per class")
+
+
+class BackboneConfig(Strict):
+    name: str = Field("tiny-synth-vit", description="backbone preset (see `promptcl list`)")
+    pretrained: bool = Field(True, description="load the preset's pretrained weights")
+    weights: Path | None = Field(None, description="local weight file instead of the hub / shipped one")
+
+
+class MethodConfig(Strict):
+    """Hyper-parameters every method has; subclasses add theirs and set the paper's defaults."""
+
+    name: str
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="optimiser")
+    lr: float = Field(1e-3, ge=0, description="base learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum (sgd only)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas (adam/adamw only)")
+    schedule: Literal["constant", "cosine", "coda-cosine"] = Field(
+        "constant", description="lr schedule, stepped per epoch"
+    )
+    epochs: int = Field(5, ge=0, description="epochs per task")
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    grad_clip: float | None = Field(1.0, description="max gradient norm; None = no clipping")
+    train_mask: bool = Field(True, description="mask the logits of classes outside the current task in training")
+
+
+class TrainConfig(Strict):
+    device: str = Field("cpu", description="torch device")
+    num_workers: int = Field(0, ge=0, description="data loader workers")
+    eval_batch_size: int = Field(256, ge=1, description="evaluation batch size")
+    log_every: int = Field(20, ge=1, description="steps between progress-bar updates")
+    task_oracle_voting: bool = Field(
+        False, description="batch-wise prompt voting at test time (a task oracle; flagged in reports)"
+    )
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="debug: cut epochs short")
+
+
+class OutputConfig(Strict):
+    dir: Path = Field(Path("runs/default"), description="run directory")
+    checkpoint: bool = Field(True, description="checkpoint after every epoch and task")
+    overwrite: bool = Field(False, description="allow reusing a non-empty run directory")
+
+
+class RunConfig(Strict):
+    seed: int = Field(0, description="drives class order, initialisation, data order")
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config({"name": "simplecil"}))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_from_registry(cls, value: Any) -> MethodConfig:
+        if isinstance(value, MethodConfig):
+            return value
+        if not isinstance(value, dict) or "name" not in value:
+            raise ValueError("method needs a `name`, e.g. `method: {name: l2p}`")
+        return method_config(value)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def method_config(values: dict[str, Any]) -> MethodConfig:
+    """Validate a method's hyper-parameters against the config model it registered."""
+    from promptcl.components import methods
+
+    config_cls = methods.get(values["name"]).Config
+    try:
+        return config_cls(**values)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, config_cls, prefix="method.")) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or start from the defaults) and apply ``key.sub=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (data, backbone, method, ...)")
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(text)
+    return build_config(raw)
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    raw = dict(raw)
+    if "method" in raw:  # validated first, so its errors are reported against the method's model
+        method = raw["method"]
+        if not isinstance(method, dict) or "name" not in method:
+            raise ConfigError("method needs a `name`, e.g. `method: {name: l2p}`")
+        raw["method"] = method_config(method)
+    try:
+        return RunConfig(**raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, RunConfig)) from None
+
+
+def _explain(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        where = prefix + ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(root, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            hint = f"did you mean {prefix + '.'.join([*loc[:-1], close[0]])!r}? " if close else ""
+            lines.append(f"unknown config key {where!r}: {hint}valid keys here: {', '.join(valid)}")
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,21 @@
+"""Errors meant for people: each message names the problem and the fix."""
+
+
+class PromptCLError(Exception):
+    """Base class of every error promptcl raises on purpose."""
+
+
+class ConfigError(PromptCLError, ValueError):
+    """A run configuration is invalid (unknown key, bad value, unknown component name)."""
+
+
+class DataError(PromptCLError, FileNotFoundError):
+    """A dataset is missing or malformed."""
+
+
+class WeightsError(PromptCLError, FileNotFoundError):
+    """Pretrained weights cannot be found or loaded."""
+
+
+class CheckpointError(PromptCLError, RuntimeError):
+    """A checkpoint is corrupt or belongs to another run."""
