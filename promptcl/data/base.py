@@ -27,6 +27,7 @@ class DatasetPair:
     train: LabelledDataset
     test: LabelledDataset
     class_names: list[str]
+    default_tasks: int = 10  # the benchmark's usual number of tasks, when the config gives none
 
     @property
     def num_classes(self) -> int:
