@@ -19,3 +19,7 @@ class WeightsError(PromptCLError, FileNotFoundError):
 
 class CheckpointError(PromptCLError, RuntimeError):
     """A checkpoint is corrupt or belongs to another run."""
+
+
+class UnsupportedBackboneError(PromptCLError, TypeError):
+    """The wrapped model is a variant whose attention the prompted forward cannot drive."""

@@ -41,6 +41,19 @@ class LayerPrompts:
             raise ValueError(f"prompts target layers {bad}, but the backbone has layers 0..{depth - 1}")
 
 
+def insert_tokens(x: Tensor, tokens: Tensor, after: int) -> Tensor:
+    """(B, N, D) + (B or 1, L, D) prompts -> (B, N + L, D), the prompts after ``after`` tokens."""
+    tokens = tokens.to(x.dtype).expand(x.shape[0], -1, -1)
+    return torch.cat([x[:, :after], tokens, x[:, after:]], dim=1)
+
+
+def add_residual(out: Tensor, residual: Tensor | None) -> Tensor:
+    """(B, N, D) attention output + (B, D) or (B, N, D) residual prompt."""
+    if residual is None:
+        return out
+    return out + (residual.unsqueeze(1) if residual.dim() == 2 else residual).to(out.dtype)
+
+
 def prefix_attention(
     q: Tensor, k: Tensor, v: Tensor, prefix: tuple[Tensor, Tensor] | None, num_heads: int
 ) -> Tensor:
