@@ -22,22 +22,36 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     name: str = Field("synth-shapes-10", description="registered dataset or benchmark preset")
-    root: Path | None = Field(None, description="dataset folder (real datasets); None for synthetic ones")
+    root: Path | None = Field(
+        None, description="dataset folder (real datasets); None for synthetic ones"
+    )
     split_file: Path | None = Field(None, description="optional train/test split file (ImageNet-R)")
     download: bool = Field(False, description="let torchvision download the data (CIFAR-100 only)")
     augment: bool = Field(True, description="random-resized crop + flip on training images")
-    num_tasks: int | None = Field(None, ge=1, description="equal tasks; None = the benchmark's default")
-    base_classes: int | None = Field(None, ge=1, description="classes of the first task (base + increments)")
-    task_sizes: list[int] | None = Field(None, description="explicit classes per task, e.g. [11, 10, ...]")
-    class_order: list[int] | None = Field(None, description="explicit class order; None = seeded permutation")
+    num_tasks: int | None = Field(
+        None, ge=1, description="equal tasks; None = the benchmark's default"
+    )
+    base_classes: int | None = Field(
+        None, ge=1, description="classes of the first task (base + increments)"
+    )
+    task_sizes: list[int] | None = Field(
+        None, description="explicit classes per task, e.g. [11, 10, ...]"
+    )
+    class_order: list[int] | None = Field(
+        None, description="explicit class order; None = seeded permutation"
+    )
     shuffle_classes: bool = Field(True, description="permute the class order with the run seed")
-    subsample: int | None = Field(None, ge=1, description="keep at most this many train samples per class")
+    subsample: int | None = Field(
+        None, ge=1, description="keep at most this many train samples per class"
+    )
 
 
 class BackboneConfig(Strict):
-    name: str = Field("tiny-synth-vit", description="backbone preset (see `promptcl list`)")
+    name: str = Field("tiny-vit", description="backbone preset (see `promptcl list`)")
     pretrained: bool = Field(True, description="load the preset's pretrained weights")
-    weights: Path | None = Field(None, description="local weight file instead of the hub / shipped one")
+    weights: Path | None = Field(
+        None, description="local weight file instead of the hub / shipped one"
+    )
 
 
 class MethodConfig(Strict):
@@ -55,7 +69,9 @@ class MethodConfig(Strict):
     epochs: int = Field(5, ge=0, description="epochs per task")
     batch_size: int = Field(128, ge=1, description="training batch size")
     grad_clip: float | None = Field(1.0, description="max gradient norm; None = no clipping")
-    train_mask: bool = Field(True, description="mask the logits of classes outside the current task in training")
+    train_mask: bool = Field(
+        True, description="mask the logits of classes outside the current task in training"
+    )
 
 
 class TrainConfig(Strict):
@@ -63,14 +79,13 @@ class TrainConfig(Strict):
     num_workers: int = Field(0, ge=0, description="data loader workers")
     eval_batch_size: int = Field(256, ge=1, description="evaluation batch size")
     log_every: int = Field(20, ge=1, description="steps between progress-bar updates")
-    task_oracle_voting: bool = Field(
-        False, description="batch-wise prompt voting at test time (a task oracle; flagged in reports)"
-    )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="debug: cut epochs short")
 
 
 class OutputConfig(Strict):
-    dir: Path = Field(Path("runs/default"), description="run directory")
+    dir: Path | None = Field(
+        None, description="run directory; None = runs/<method>-<data>-seed<seed>"
+    )
     checkpoint: bool = Field(True, description="checkpoint after every epoch and task")
     overwrite: bool = Field(False, description="allow reusing a non-empty run directory")
 
@@ -79,7 +94,9 @@ class RunConfig(Strict):
     seed: int = Field(0, description="drives class order, initialisation, data order")
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config({"name": "simplecil"}))
+    method: SerializeAsAny[MethodConfig] = Field(
+        default_factory=lambda: method_config({"name": "simplecil"})
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -116,7 +133,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} does not exist")
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (data, backbone, method, ...)")
+            raise ConfigError(
+                f"{path} must hold a mapping of sections (data, backbone, method, ...)"
+            )
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep:

@@ -38,7 +38,9 @@ class LayerPrompts:
     def check(self, depth: int) -> None:
         bad = sorted(i for i in self.layers() if not 0 <= i < depth)
         if bad:
-            raise ValueError(f"prompts target layers {bad}, but the backbone has layers 0..{depth - 1}")
+            raise ValueError(
+                f"prompts target layers {bad}, but the backbone has layers 0..{depth - 1}"
+            )
 
 
 def insert_tokens(x: Tensor, tokens: Tensor, after: int) -> Tensor:
@@ -65,7 +67,9 @@ def prefix_attention(
     if prefix is not None and prefix[0].shape[1] > 0:
         pk, pv = prefix
         if pk.shape[1] != pv.shape[1]:
-            raise ValueError(f"prefix keys ({pk.shape[1]}) and values ({pv.shape[1]}) differ in length")
+            raise ValueError(
+                f"prefix keys ({pk.shape[1]}) and values ({pv.shape[1]}) differ in length"
+            )
         k = torch.cat([pk.to(k.dtype), k], dim=1)
         v = torch.cat([pv.to(v.dtype), v], dim=1)
     B, N, D = q.shape

@@ -50,11 +50,18 @@ def image_transforms(
     """
     to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     norm = v2.Normalize(mean=list(mean), std=list(std))
-    test = v2.Compose([*to_float, v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), norm])
+    test = v2.Compose(
+        [*to_float, v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), norm]
+    )
     if not augment:
         return Transforms(train=test, test=test)
     train = v2.Compose(
-        [*to_float, v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(), norm]
+        [
+            *to_float,
+            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            norm,
+        ]
     )
     return Transforms(train=train, test=test)
 

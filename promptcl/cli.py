@@ -1,0 +1,62 @@
+"""The command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import promptcl
+from promptcl.errors import PromptCLError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="run config (YAML); none = the default job")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
+    quiet: Annotated[bool, typer.Option(help="print only the final metrics")] = False,
+) -> None:
+    """Train a method task by task and write a run directory (config, accuracy matrix, metrics, logs)."""
+    from promptcl.config import load_config
+
+    try:
+        if resume is not None:
+            if config is not None or set_:
+                raise typer.BadParameter(
+                    "--resume takes the run's own config; give no CONFIG or --set"
+                )
+            result = promptcl.resume(resume, quiet=quiet)
+        else:
+            result = promptcl.run(load_config(config, set_), quiet=quiet)
+    except PromptCLError as err:
+        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    metrics = "  ".join(f"{k.upper()} {v:.2f}" for k, v in result.metrics.items())
+    typer.echo(f"{metrics}\nrun directory: {result.run_dir}")
+
+
+@app.command("list")
+def list_components() -> None:
+    """Show the registered methods, backbones and datasets."""
+    from promptcl.components import backbones, datasets, methods
+
+    table = Table("kind", "name", "description")
+    for kind, registry in (("method", methods), ("backbone", backbones), ("dataset", datasets)):
+        for name in registry.names():
+            obj = registry.get(name)
+            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
+            table.add_row(kind, name, doc[0] if doc else "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,150 @@
+"""Class-incremental scenarios: any labelled dataset becomes a stream of tasks with new classes.
+
+The class order is a seeded permutation or an explicit list; tasks are equal splits, a base task
+plus equal increments (vCLIMB 11 + 9x10, TCD 51 + 10x5), or an explicit list of sizes. Labels are
+remapped so that task t owns the contiguous range ``[start_t, end_t)`` of new labels: the logits of
+the classes seen so far are always a prefix of the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset
+
+from promptcl.config import DataConfig
+from promptcl.data.base import DatasetPair, LabelledDataset
+from promptcl.errors import ConfigError
+
+
+def resolve_task_sizes(cfg: DataConfig, num_classes: int, default_tasks: int) -> list[int]:
+    """Classes per task from the config: explicit sizes, base + increments, or equal tasks."""
+    if cfg.task_sizes is not None:
+        sizes = list(cfg.task_sizes)
+        if any(s < 1 for s in sizes) or sum(sizes) > num_classes:
+            raise ConfigError(
+                f"data.task_sizes {sizes} must be positive and sum to at most {num_classes} classes"
+            )
+        return sizes
+    tasks = cfg.num_tasks or default_tasks
+    if cfg.base_classes is not None:
+        rest, increments = num_classes - cfg.base_classes, tasks - 1
+        if increments == 0 or rest <= 0 or rest % increments:
+            raise ConfigError(
+                f"data.base_classes={cfg.base_classes} leaves {rest} classes that do not split into "
+                f"{increments} equal increments; set data.num_tasks accordingly or give data.task_sizes"
+            )
+        return [cfg.base_classes] + [rest // increments] * increments
+    if num_classes % tasks:
+        raise ConfigError(
+            f"{num_classes} classes do not split into {tasks} equal tasks; "
+            "set data.num_tasks to a divisor, or give data.task_sizes explicitly"
+        )
+    return [num_classes // tasks] * tasks
+
+
+def resolve_class_order(cfg: DataConfig, num_classes: int, seed: int) -> list[int]:
+    """Original labels in the order they are learned (CODA `rand_split`, mammoth `--permute_classes`)."""
+    if cfg.class_order is not None:
+        order = list(cfg.class_order)
+        if sorted(order) != sorted(set(order)) or not set(order) <= set(range(num_classes)):
+            raise ConfigError(
+                f"data.class_order must list distinct labels in 0..{num_classes - 1}, got {order}"
+            )
+        return order
+    if not cfg.shuffle_classes:
+        return list(range(num_classes))
+    return np.random.default_rng(seed).permutation(num_classes).tolist()
+
+
+class RemappedSubset(Dataset):
+    """Selected samples of a dataset with labels mapped to their position in the class order."""
+
+    def __init__(self, source: LabelledDataset, indices: list[int], label_map: dict[int, int]):
+        self.source, self.indices, self.label_map = source, indices, label_map
+        self.targets = [label_map[source.targets[i]] for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        x, y = self.source[self.indices[index]]
+        return x, self.label_map[int(y)]
+
+
+@dataclass
+class Scenario:
+    """The tasks of a class-incremental run over one dataset pair.
+
+    ``class_order[j]`` is the original label of new label j; ``task_sizes[t]`` the classes of task t.
+    ``train_eval`` is the training set seen through test-time transforms (for end-of-task
+    statistics such as class prototypes), or None to reuse ``data.train``.
+    """
+
+    data: DatasetPair
+    class_order: list[int]
+    task_sizes: list[int]
+    train_eval: LabelledDataset | None = None
+    subsample: int | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        data: DatasetPair,
+        cfg: DataConfig,
+        seed: int,
+        train_eval: LabelledDataset | None = None,
+    ) -> Scenario:
+        sizes = resolve_task_sizes(cfg, data.num_classes, data.default_tasks)
+        order = resolve_class_order(cfg, data.num_classes, seed)
+        if len(order) < sum(sizes):
+            raise ConfigError(
+                f"data.class_order lists {len(order)} classes, the tasks need {sum(sizes)}"
+            )
+        return cls(data, order[: sum(sizes)], sizes, train_eval, cfg.subsample)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_sizes)
+
+    @property
+    def num_classes(self) -> int:
+        return sum(self.task_sizes)
+
+    def class_range(self, task: int) -> tuple[int, int]:
+        """New labels [start, end) of a task."""
+        start = sum(self.task_sizes[:task])
+        return start, start + self.task_sizes[task]
+
+    def class_names(self) -> list[str]:
+        """Names in the new label order."""
+        return [self.data.class_names[c] for c in self.class_order]
+
+    def _view(self, source: LabelledDataset, tasks: range, limit: int | None) -> RemappedSubset:
+        label_map = {orig: new for new, orig in enumerate(self.class_order)}
+        wanted = {self.class_order[j] for t in tasks for j in range(*self.class_range(t))}
+        taken: dict[int, int] = {}
+        indices = []
+        for i, y in enumerate(source.targets):
+            if y in wanted and (limit is None or taken.get(y, 0) < limit):
+                taken[y] = taken.get(y, 0) + 1
+                indices.append(i)
+        return RemappedSubset(source, indices, label_map)
+
+    def train_view(self, task: int, cumulative: bool = False) -> RemappedSubset:
+        """Training data of a task (or of tasks 0..task when ``cumulative``, for joint training)."""
+        return self._view(
+            self.data.train, range(0 if cumulative else task, task + 1), self.subsample
+        )
+
+    def train_eval_view(self, task: int) -> RemappedSubset:
+        """The same samples as ``train_view(task)``, through test-time transforms."""
+        return self._view(self.train_eval or self.data.train, range(task, task + 1), self.subsample)
+
+    def test_view(self, task: int) -> RemappedSubset:
+        return self._view(self.data.test, range(task, task + 1), None)
+
+    def test_seen(self, task: int) -> ConcatDataset:
+        """Test data of every task seen after ``task``, in task order (shuffle when loading)."""
+        return ConcatDataset([self.test_view(i) for i in range(task + 1)])

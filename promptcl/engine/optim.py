@@ -1,0 +1,39 @@
+"""Optimisers and per-epoch learning-rate schedules from a method's config."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from promptcl.config import MethodConfig
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: MethodConfig) -> torch.optim.Optimizer:
+    """Groups may carry their own ``lr``; the rest take ``cfg.lr``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    optim = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optim(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: MethodConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-epoch multiplier of each group's base lr.
+
+    cosine:      0.5 (1 + cos(pi e / K)) over K = epochs.
+    coda-cosine: cos(99 pi e / (200 (K - 1))), CODA-Prompt's and mammoth's ``CosineSchedule``
+                 (GT-RIPL/CODA-Prompt utils/schedulers.py): almost zero at the last epoch.
+    """
+    K = max(cfg.epochs, 1)
+    if cfg.schedule == "cosine":
+        factor = lambda e: 0.5 * (1 + math.cos(math.pi * e / K))  # noqa: E731
+    elif cfg.schedule == "coda-cosine":
+        factor = lambda e: math.cos(99 * math.pi * e / (200 * (K - 1))) if K > 1 else 1.0  # noqa: E731
+    else:
+        factor = lambda e: 1.0  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,66 @@
+"""What a run shows a person: a header, a progress bar per epoch, and a table after every task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import rich.console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class EpochBar:
+    def __init__(self, progress: Progress, task_id):
+        self.progress, self.task_id = progress, task_id
+
+    def update(self, loss: float, lr: float, rate: float) -> None:
+        self.progress.update(
+            self.task_id, advance=1, stats=f"loss {loss:.4f}  lr {lr:.2e}  {rate:.0f} samples/s"
+        )
+
+
+class Console:
+    def __init__(self, quiet: bool = False):
+        self.rich = rich.console.Console(stderr=True, quiet=quiet)
+
+    def header(self, config, scenario, resumed_at: tuple[int, int] | None = None) -> None:
+        sizes = scenario.task_sizes
+        split = (
+            f"{sizes[0]} + {len(sizes) - 1}x{sizes[1]}"
+            if len(set(sizes[1:])) == 1 and len(sizes) > 1
+            else str(sizes)
+        )
+        self.rich.print(
+            f"[bold]promptcl[/] {config.method.name} on {config.data.name} with {config.backbone.name}: "
+            f"{scenario.num_tasks} tasks ({split} classes), seed {config.seed}"
+        )
+        if resumed_at is not None:
+            self.rich.print(f"resuming at task {resumed_at[0]}, epoch {resumed_at[1]}")
+
+    @contextmanager
+    def epoch(self, task: int, epoch: int, epochs: int, steps: int) -> Iterator[EpochBar]:
+        progress = Progress(
+            TextColumn(f"task {task} epoch {epoch + 1}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=self.rich,
+            transient=True,
+        )
+        with progress:
+            yield EpochBar(progress, progress.add_task("train", total=steps, stats=""))
+
+    def task_summary(self, t: int, accuracy: np.ndarray, metrics: dict[str, float]) -> None:
+        table = Table(title=f"accuracy (%) after task {t}: rows = test task, columns = after task")
+        table.add_column("task")
+        for j in range(t + 1):
+            table.add_column(str(j), justify="right")
+        for i in range(t + 1):
+            table.add_row(
+                str(i), *("" if np.isnan(a) else f"{a:.1f}" for a in accuracy[i, : t + 1])
+            )
+        self.rich.print(table)
+        self.rich.print("  ".join(f"{k.upper()} {v:.2f}" for k, v in metrics.items()))

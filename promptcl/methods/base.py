@@ -1,0 +1,88 @@
+"""The Method contract: the only surface the trainer touches (DESIGN.md, "The Method contract").
+
+A method is one ``nn.Module`` holding the frozen backbone and its own learnable parts. The trainer
+calls, for each task t:
+
+    begin_task(task)                 new classes arrive; must depend on ``task`` alone, because on
+                                     resume it is replayed for tasks 0..t before state is loaded
+    param_groups()                   what the optimiser trains this task
+    training_step(batch) -> losses   ``losses["loss"]`` is optimised; other entries are logged
+    end_task(task, loader)           statistics over the task's training data (test transforms)
+    predict(x) -> logits             over all classes (unseen ones are masked by the trainer)
+
+Everything a method learns lives in parameters and buffers, so ``state_dict()`` is the method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from promptcl.backbones.base import Backbone
+from promptcl.config import MethodConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the stream: its index and its classes ``[start, end)`` in the remapped labels."""
+
+    index: int
+    start: int
+    end: int
+    num_tasks: int
+
+    @property
+    def classes(self) -> range:
+        return range(self.start, self.end)
+
+
+class Method(nn.Module, ABC):
+    """Base class of every continual-learning method."""
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # Joint training sees the data of every task so far; every other method only the current one.
+    cumulative_data: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig, backbone: Backbone, num_classes: int):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.task: Task | None = None
+
+    # -- the contract -------------------------------------------------------------------------
+    def begin_task(self, task: Task) -> None:
+        self.task = task
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params}] if params else []
+
+    def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        raise RuntimeError(f"{type(self).__name__} has nothing to train: set method.epochs=0")
+
+    @torch.no_grad()
+    def end_task(self, task: Task, loader: DataLoader) -> None:
+        """Called once the task's epochs are done. Default: nothing."""
+
+    @abstractmethod
+    def predict(self, x: Tensor) -> Tensor:
+        """(B, ...) inputs -> (B, num_classes) logits; no task identity."""
+
+    # -- helpers shared by methods ------------------------------------------------------------
+    def mask_for_training(self, logits: Tensor) -> Tensor:
+        """Mask logits of classes that cannot be trained on now (L2P's ``train_mask``).
+
+        With ``train_mask`` only the current task's classes compete (L2P/DualPrompt/HiDe/CODA);
+        without it every class seen so far does. Classes of future tasks are always masked.
+        """
+        assert self.task is not None, "begin_task was not called"
+        start = self.task.start if self.config.train_mask else 0
+        masked = torch.full_like(logits, float("-inf"))
+        masked[:, start : self.task.end] = logits[:, start : self.task.end]
+        return masked

@@ -1,0 +1,53 @@
+"""Sequential fine-tuning: the lower bound of class-incremental learning.
+
+The backbone and a linear head are trained on each task in turn with plain cross-entropy over all
+classes seen so far, with nothing to protect old classes; this is "FT-seq" in L2P (Wang et al.,
+CVPR 2022, Table 1). ``train_backbone: false`` freezes the backbone ("FT-seq-frozen").
+
+Departures: the papers do not publish the optimiser of this baseline; Adam with lr 1e-4 (the usual
+fine-tuning rate for a ViT) is our choice [inferred].
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from promptcl.backbones.base import Backbone
+from promptcl.config import MethodConfig
+from promptcl.methods.base import Method
+from promptcl.registry import methods
+
+
+class HeadConfig(MethodConfig):
+    name: str = "finetune"
+    lr: float = 1e-4
+    train_backbone: bool = Field(True, description="also train the backbone (False: head only)")
+    train_mask: bool = False
+
+
+class HeadClassifier(Method):
+    """A linear head on the backbone's pooled feature, trained with cross-entropy."""
+
+    Config = HeadConfig
+
+    def __init__(self, config: HeadConfig, backbone: Backbone, num_classes: int):
+        super().__init__(config, backbone, num_classes)
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+        if config.train_backbone:
+            backbone.frozen = False
+            backbone.requires_grad_(True)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone.encode(x))  # (B, C)
+
+    def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        x, y = batch
+        logits = self.mask_for_training(self.predict(x))
+        return {"loss": F.cross_entropy(logits, y)}
+
+
+@methods.register("finetune")
+class FineTune(HeadClassifier):
+    """Sequential fine-tuning of backbone and head (the lower bound)."""

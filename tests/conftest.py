@@ -1,0 +1,33 @@
+import os
+
+import pytest
+import torch
+
+# Tests run on CPU with the network off: nothing may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A small, fast run config: random tiny ViT, a few synthetic classes in 3 tasks."""
+
+    def make(method: dict, **sections) -> dict:
+        config = {
+            "seed": 0,
+            "data": {
+                "name": "synth-shapes-10",
+                "task_sizes": [4, 4, 4],
+                "subsample": 24,
+                "augment": False,
+            },
+            "backbone": {"name": "tiny-vit", "pretrained": False},
+            "method": method,
+            "train": {"eval_batch_size": 128},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+        for key, value in sections.items():
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        return config
+
+    return make

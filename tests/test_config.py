@@ -1,0 +1,69 @@
+"""Config: YAML in, resolved YAML out; unknown keys are errors that suggest the closest key."""
+
+import pytest
+import yaml
+
+from promptcl.config import RunConfig, build_config, load_config
+from promptcl.errors import ConfigError
+
+
+def test_defaults_and_method_defaults():
+    cfg = build_config({"method": {"name": "linear_probe"}})
+    assert cfg.method.name == "linear_probe"
+    assert cfg.method.lr == 1e-3 and cfg.method.train_backbone is False
+    assert build_config({"method": {"name": "simplecil"}}).method.epochs == 0
+
+
+def test_yaml_roundtrip_keeps_method_fields(tmp_path):
+    cfg = build_config(
+        {"seed": 3, "method": {"name": "finetune", "lr": 0.5}, "data": {"num_tasks": 5}}
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
+    assert yaml.safe_load(cfg.to_yaml())["method"]["train_backbone"] is True
+
+
+def test_overrides_parse_values(tmp_path):
+    cfg = load_config(
+        None, ["method.name=finetune", "method.epochs=2", "data.task_sizes=[4, 2, 2]", "seed=7"]
+    )
+    assert cfg.method.epochs == 2 and cfg.data.task_sizes == [4, 2, 2] and cfg.seed == 7
+
+
+@pytest.mark.parametrize(
+    "raw, bad, suggestion",
+    [
+        ({"data": {"nme": "x"}}, "data.nme", "data.name"),
+        ({"method": {"name": "finetune", "learning_rate": 0.1}}, "method.learning_rate", None),
+        ({"method": {"name": "finetune", "epoch": 3}}, "method.epoch", "method.epochs"),
+        ({"trian": {}}, "trian", "train"),
+    ],
+)
+def test_unknown_key_is_named_with_closest_valid_key(raw, bad, suggestion):
+    with pytest.raises(ConfigError) as err:
+        build_config(raw)
+    message = str(err.value)
+    assert f"unknown config key '{bad}'" in message
+    if suggestion:
+        assert f"did you mean '{suggestion}'" in message
+
+
+def test_unknown_method_name_suggests():
+    with pytest.raises(ConfigError, match="unknown method 'simplecl'.*'simplecil'"):
+        build_config({"method": {"name": "simplecl"}})
+
+
+def test_bad_value_names_the_field():
+    with pytest.raises(ConfigError, match="method.epochs"):
+        build_config({"method": {"name": "finetune", "epochs": -1}})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_run_config_model_default_is_simplecil():
+    assert RunConfig().method.name == "simplecil"

@@ -1,0 +1,97 @@
+"""Checkpoints: a run killed mid-epoch and resumed ends exactly like an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import promptcl
+from promptcl.errors import CheckpointError
+
+
+def config(tiny_run, out):
+    return tiny_run(
+        {"name": "finetune", "epochs": 3, "batch_size": 8, "lr": 1e-3},
+        data={"augment": True},
+        output={"dir": str(out)},
+    )
+
+
+def promptcl_cli(*args):
+    return [sys.executable, "-m", "promptcl", "run", *args]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_run, tmp_path):
+    reference = promptcl.run(config(tiny_run, tmp_path / "ref"), quiet=True)
+
+    cfg = config(tiny_run, tmp_path / "killed")
+    cfg_file = tmp_path / "killed.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "killed" / "log.jsonl"
+    proc = subprocess.Popen(
+        promptcl_cli(str(cfg_file), "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        # Wait until task 1 has finished an epoch: the process is then inside a later epoch.
+        if log.exists() and any(
+            json.loads(line)["task"] == 1 for line in log.read_text().splitlines()
+        ):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (
+        not (tmp_path / "killed" / "metrics.json").exists()
+        or json.loads((tmp_path / "killed" / "metrics.json").read_text())["after_task"] < 2
+    )
+
+    done = subprocess.run(
+        promptcl_cli("--resume", str(tmp_path / "killed"), "--quiet"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    resumed = np.genfromtxt(
+        tmp_path / "killed" / "accuracy_matrix.csv", delimiter=",", skip_header=1
+    )[:, 1:]
+    np.testing.assert_array_equal(resumed, np.round(reference.accuracy, 4))
+
+
+def test_resume_of_a_finished_run_changes_nothing(tiny_run, tmp_path):
+    first = promptcl.run(config(tiny_run, tmp_path / "r"), quiet=True)
+    again = promptcl.resume(tmp_path / "r", quiet=True)
+    np.testing.assert_array_equal(first.accuracy, again.accuracy)
+
+
+def test_corrupt_checkpoint_is_refused_with_a_clear_message(tiny_run, tmp_path):
+    promptcl.run(config(tiny_run, tmp_path / "r"), quiet=True)
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        promptcl.resume(tmp_path / "r", quiet=True)
+
+
+def test_checkpoint_of_another_method_is_refused(tiny_run, tmp_path):
+    promptcl.run(config(tiny_run, tmp_path / "r"), quiet=True)
+    cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    cfg["method"] = {"name": "linear_probe"}
+    (tmp_path / "r" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match="written by method 'finetune'"):
+        promptcl.resume(tmp_path / "r", quiet=True)
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(tiny_run, tmp_path):
+    promptcl.run(config(tiny_run, tmp_path / "r"), quiet=True)
+    payload = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert payload["position"] == {"task": 2, "epochs_done": -1}
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path / "r"))
