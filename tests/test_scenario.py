@@ -70,11 +70,12 @@ def test_views_remap_labels_to_contiguous_task_ranges():
     view = s.train_view(1)
     assert sorted(set(view.targets)) == [3, 4, 5, 6]
     for k in range(len(view)):
-        index, label = view[k]
+        x, label, index = view[k]
+        assert x == index  # the Labels dataset's input is its own index
         assert order[label] == data.train.targets[index]  # new label j <-> original class order[j]
     assert set(s.train_view(1, cumulative=True).targets) == set(range(7))
     seen = s.test_seen(2)
-    assert len(seen) == 10 and sorted(y for _, y in seen) == list(range(10))
+    assert len(seen) == 10 and sorted(y for _, y, _ in seen) == list(range(10))
     assert s.class_names()[:2] == ["c4", "c7"]
 
 

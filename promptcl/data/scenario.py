@@ -59,7 +59,11 @@ def resolve_class_order(cfg: DataConfig, num_classes: int, seed: int) -> list[in
 
 
 class RemappedSubset(Dataset):
-    """Selected samples of a dataset with labels mapped to their position in the class order."""
+    """Selected samples of a dataset with labels mapped to their position in the class order.
+
+    Items are ``(x, label, index)``: ``index`` is the sample's position in the source dataset, a
+    stable key of the sample whatever task or view it is read through.
+    """
 
     def __init__(self, source: LabelledDataset, indices: list[int], label_map: dict[int, int]):
         self.source, self.indices, self.label_map = source, indices, label_map
@@ -70,7 +74,7 @@ class RemappedSubset(Dataset):
 
     def __getitem__(self, index: int):
         x, y = self.source[self.indices[index]]
-        return x, self.label_map[int(y)]
+        return x, self.label_map[int(y)], self.indices[index]
 
 
 @dataclass

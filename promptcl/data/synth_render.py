@@ -9,7 +9,8 @@ object's radius, rotation and position are applied by one affine map per frame.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
@@ -125,12 +126,29 @@ class Layout:
         return Layout(**{name: torch.cat([getattr(p, name) for p in parts]) for name in names})
 
 
+@contextmanager
+def few_threads(n: int = 1) -> Iterator[None]:
+    """Run with at most ``n`` intra-op threads, then restore the setting.
+
+    Generation is many cheap element-wise ops on mid-sized tensors. With several threads each op
+    waits for its slowest thread, so on a busy machine (a training run, pytest -n 2) it is ~15x
+    slower; one thread costs < 2x on an idle one.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def render(layout: Layout, size: int, supersample: int = 2, chunk: int = 1024) -> Tensor:
     """Draw every frame of ``layout``: returns uint8 (N, 3, size, size)."""
     out = torch.empty(len(layout), 3, size, size, dtype=torch.uint8)
-    for start in range(0, len(layout), chunk):
-        part = layout.select(slice(start, start + chunk))
-        out[start : start + chunk] = _render_chunk(part, size, supersample)
+    with few_threads():
+        for start in range(0, len(layout), chunk):
+            part = layout.select(slice(start, start + chunk))
+            out[start : start + chunk] = _render_chunk(part, size, supersample)
     return out
 
 

@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from promptcl.config import DataConfig
 from promptcl.data.base import DatasetPair, Transforms
-from promptcl.data.synth_render import COLOURS, PATTERN_NAMES, Layout, render
+from promptcl.data.synth_render import COLOURS, PATTERN_NAMES, Layout, few_threads, render
 from promptcl.data.synth_sample import (
     ORDERS,
     MotionStyle,
@@ -38,6 +38,7 @@ from promptcl.data.synth_sample import (
     shape_layout,
     stream,
 )
+from promptcl.errors import ConfigError
 from promptcl.registry import datasets
 
 DATA_SEED = 2024  # fixes the content of every synthetic benchmark
@@ -114,8 +115,12 @@ ALL_MOTION_CLASSES = tuple(
 def shape_classes(split: Split = "continual") -> list[ShapeClass]:
     """SynthShapes classes of one split, in a fixed shuffled order (100 continual, 156 pretrain)."""
     order = random.Random(SPLIT_SEED).sample(range(len(ALL_SHAPE_CLASSES)), len(ALL_SHAPE_CLASSES))
-    picked = {"continual": order[:SHAPE_CONTINUAL], "pretrain": order[SHAPE_CONTINUAL:]}
-    return [ALL_SHAPE_CLASSES[i] for i in picked.get(split, order)]
+    picked = {
+        "continual": order[:SHAPE_CONTINUAL],
+        "pretrain": order[SHAPE_CONTINUAL:],
+        "all": order,
+    }
+    return [ALL_SHAPE_CLASSES[i] for i in picked[_check(split)]]
 
 
 def motion_classes(split: Split = "continual") -> list[MotionClass]:
@@ -131,8 +136,15 @@ def motion_classes(split: Split = "continual") -> list[MotionClass]:
     for g in groups:
         if len(continual) < MOTION_CONTINUAL_GROUPS and sum(c[2] == g[2] for c in continual) < cap:
             continual.append(g)
-    chosen = {"continual": continual, "pretrain": [g for g in groups if g not in continual]}
-    return [MotionClass(*g, o) for g in chosen.get(split, groups) for o in ORDERS]
+    pretrain = [g for g in groups if g not in continual]
+    chosen = {"continual": continual, "pretrain": pretrain, "all": groups}[_check(split)]
+    return [MotionClass(*g, o) for g in chosen for o in ORDERS]
+
+
+def _check(split: str) -> str:
+    if split not in ("continual", "pretrain", "all"):
+        raise ConfigError(f"unknown split {split!r}: use 'continual', 'pretrain' or 'all'")
+    return split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +160,12 @@ def _key(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
+def _stream(seed: int, part: str, world: int, cls: ShapeClass | MotionClass) -> torch.Generator:
+    return stream(seed, _PARTS[part], world, _key(cls.name))
+
+
 @functools.lru_cache(maxsize=16)
+@few_threads()
 def _shape_tensors(
     classes: tuple[ShapeClass, ...],
     per_class: int,
@@ -157,17 +174,14 @@ def _shape_tensors(
     size: int,
     style: ShapeStyle,
 ) -> tuple[Tensor, Tensor]:
-    layouts = [
-        shape_layout(
-            *c, per_class, stream(seed, _PARTS[part], _SHAPES_WORLD, _key(c.name)), size, style
-        )
-        for c in classes
-    ]
+    g = [_stream(seed, part, _SHAPES_WORLD, c) for c in classes]
+    layouts = [shape_layout(*c, per_class, g[i], size, style) for i, c in enumerate(classes)]
     images = render(Layout.cat(layouts), size, style.supersample)  # (C * n, 3, H, W) uint8
     return images, torch.arange(len(classes)).repeat_interleave(per_class)
 
 
 @functools.lru_cache(maxsize=16)
+@few_threads()
 def _motion_tensors(
     classes: tuple[MotionClass, ...],
     per_class: int,
@@ -177,26 +191,15 @@ def _motion_tensors(
     frames: int,
     style: MotionStyle,
 ) -> tuple[Tensor, Tensor]:
+    g = [_stream(seed, part, _MOTION_WORLD, c) for c in classes]
     layouts = [
-        motion_layout(
-            c.shape,
-            c.colour,
-            c.axis,
-            per_class,
-            frames,
-            stream(seed, _PARTS[part], _MOTION_WORLD, _key(c.name)),
-            size,
-            style,
-        )  # fmt: skip
-        for c in classes
+        motion_layout(*c[:3], per_class, frames, g[i], size, style) for i, c in enumerate(classes)
     ]
     poses = render(Layout.cat(layouts), size, style.supersample)  # (C * n * T, 3, H, W), by pose
     poses = poses.view(len(classes), per_class, frames, 3, size, size)
     order = torch.stack([frame_order(c.order, frames) for c in classes])  # (C, T)
-    c_idx, n_idx = torch.arange(len(classes)), torch.arange(per_class)
-    videos = poses[
-        c_idx[:, None, None], n_idx[None, :, None], order[:, None, :]
-    ]  # (C, n, T, 3, H, W)
+    c_idx, n_idx = torch.arange(len(classes))[:, None, None], torch.arange(per_class)[None, :, None]
+    videos = poses[c_idx, n_idx, order[:, None, :]]  # (C, n, T, 3, H, W), poses put in time order
     return videos.flatten(0, 1), torch.arange(len(classes)).repeat_interleave(per_class)
 
 
@@ -279,12 +282,9 @@ def synth_shapes_pair(
     **kwargs,
 ) -> DatasetPair:
     """Train and test SynthShapes of one split; ``kwargs`` go to ``SynthShapes`` (size, style...)."""
-    train = SynthShapes(
-        split, train_per_class, "train", transform=transforms and transforms.train, **kwargs
-    )
-    test = SynthShapes(
-        split, test_per_class, "test", transform=transforms and transforms.test, **kwargs
-    )
+    train_tf, test_tf = (transforms.train, transforms.test) if transforms else (None, None)
+    train = SynthShapes(split, train_per_class, "train", transform=train_tf, **kwargs)
+    test = SynthShapes(split, test_per_class, "test", transform=test_tf, **kwargs)
     return DatasetPair(train, test, train.class_names, default_tasks=default_tasks)
 
 
@@ -296,14 +296,24 @@ def synth_motion_pair(
     default_tasks: int = 5,
     **kwargs,
 ) -> DatasetPair:
-    """Train and test SynthMotion of one split; ``kwargs`` go to ``SynthMotion`` (frames...)."""
-    train = SynthMotion(
-        split, train_per_class, "train", transform=transforms and transforms.train, **kwargs
-    )
-    test = SynthMotion(
-        split, test_per_class, "test", transform=transforms and transforms.test, **kwargs
-    )
+    """Train and test SynthMotion of one split; ``kwargs`` go to ``SynthMotion`` (frames...).
+
+    Random flips are dropped from the transforms: mirroring a clip turns "moving right" into
+    "moving left" and "turning clockwise" into "turning anticlockwise".
+    """
+    train_tf, test_tf = (transforms.train, transforms.test) if transforms else (None, None)
+    train_tf, test_tf = _no_flips(train_tf), _no_flips(test_tf)
+    train = SynthMotion(split, train_per_class, "train", transform=train_tf, **kwargs)
+    test = SynthMotion(split, test_per_class, "test", transform=test_tf, **kwargs)
     return DatasetPair(train, test, train.class_names, default_tasks=default_tasks)
+
+
+def _no_flips(transform: v2.Transform | None) -> v2.Transform | None:
+    """The transform without its random horizontal / vertical flips (top level of a Compose)."""
+    flips = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)
+    if isinstance(transform, v2.Compose):
+        return v2.Compose([t for t in transform.transforms if not isinstance(t, flips)])
+    return v2.Identity() if isinstance(transform, flips) else transform
 
 
 # ---------------------------------------------------------------------------------------------

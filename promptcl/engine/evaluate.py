@@ -32,7 +32,7 @@ def predict(
         dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
     )
     preds, targets = [], []
-    for x, y in loader:
+    for x, y, *_ in loader:
         logits = predict_fn(x.to(device))[:, :seen_classes]  # (B, seen): unseen classes masked
         preds.append(logits.argmax(dim=1).cpu())
         targets.append(y)

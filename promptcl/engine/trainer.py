@@ -30,7 +30,7 @@ from promptcl.engine.evaluate import predict, task_accuracies
 from promptcl.engine.optim import build_optimizer, build_schedule
 from promptcl.engine.progress import Console
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Method, Task
+from promptcl.methods.base import Batch, Method, Task
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -76,7 +76,7 @@ class Trainer:
         plain = build_data(config.data, type(tf)(train=tf.test, test=tf.test), config.seed)
         self.scenario = Scenario.from_config(data, config.data, config.seed, train_eval=plain.train)
         method_cls = methods.get(config.method.name)
-        self.method: Method = method_cls(config.method, backbone, self.scenario.num_classes).to(
+        self.method: Method = method_cls(config.method, backbone, self.scenario.class_names()).to(
             self.device
         )
         T = self.scenario.num_tasks
@@ -139,10 +139,12 @@ class Trainer:
             totals: dict[str, float] = {}
             seen, began = 0, time.perf_counter()
             with self.console.epoch(task.index, epoch, cfg.epochs, len(loader)) as bar:
-                for step, (x, y) in enumerate(loader):
+                for step, (x, y, index) in enumerate(loader):
                     if step == self.config.train.max_steps_per_epoch:
                         break
-                    losses = self.method.training_step((x.to(self.device), y.to(self.device)))
+                    losses = self.method.training_step(
+                        Batch(x.to(self.device), y.to(self.device), index.to(self.device))
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     losses["loss"].backward()
                     if cfg.grad_clip is not None:

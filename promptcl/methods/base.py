@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,15 @@ from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
+
+
+class Batch(NamedTuple):
+    """A training batch: inputs (B, ...), labels (B,) in the remapped label space, and each
+    sample's stable index in its training set (keys per-sample caches such as the query cache)."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
 
 
 @dataclass(frozen=True)
@@ -48,11 +57,12 @@ class Method(nn.Module, ABC):
     # Joint training sees the data of every task so far; every other method only the current one.
     cumulative_data: ClassVar[bool] = False
 
-    def __init__(self, config: MethodConfig, backbone: Backbone, num_classes: int):
+    def __init__(self, config: MethodConfig, backbone: Backbone, class_names: list[str]):
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.num_classes = num_classes
+        self.class_names = list(class_names)  # in label order (CLIP-based methods caption them)
+        self.num_classes = len(class_names)
         self.task: Task | None = None
 
     # -- the contract -------------------------------------------------------------------------
@@ -63,7 +73,7 @@ class Method(nn.Module, ABC):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params}] if params else []
 
-    def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
         raise RuntimeError(f"{type(self).__name__} has nothing to train: set method.epochs=0")
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
-from promptcl.methods.base import Method
+from promptcl.methods.base import Batch, Method
 from promptcl.registry import methods
 
 
@@ -32,9 +32,9 @@ class HeadClassifier(Method):
 
     Config = HeadConfig
 
-    def __init__(self, config: HeadConfig, backbone: Backbone, num_classes: int):
-        super().__init__(config, backbone, num_classes)
-        self.head = nn.Linear(backbone.feature_dim, num_classes)
+    def __init__(self, config: HeadConfig, backbone: Backbone, class_names: list[str]):
+        super().__init__(config, backbone, class_names)
+        self.head = nn.Linear(backbone.feature_dim, self.num_classes)
         if config.train_backbone:
             backbone.frozen = False
             backbone.requires_grad_(True)
@@ -42,10 +42,9 @@ class HeadClassifier(Method):
     def predict(self, x: Tensor) -> Tensor:
         return self.head(self.backbone.encode(x))  # (B, C)
 
-    def training_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        x, y = batch
-        logits = self.mask_for_training(self.predict(x))
-        return {"loss": F.cross_entropy(logits, y)}
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        logits = self.mask_for_training(self.predict(batch.x))
+        return {"loss": F.cross_entropy(logits, batch.y)}
 
 
 @methods.register("finetune")

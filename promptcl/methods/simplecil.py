@@ -30,15 +30,15 @@ class SimpleCILConfig(MethodConfig):
 class SimpleCIL(Method):
     Config = SimpleCILConfig
 
-    def __init__(self, config: SimpleCILConfig, backbone: Backbone, num_classes: int):
-        super().__init__(config, backbone, num_classes)
-        self.register_buffer("prototypes", torch.zeros(num_classes, backbone.feature_dim))
+    def __init__(self, config: SimpleCILConfig, backbone: Backbone, class_names: list[str]):
+        super().__init__(config, backbone, class_names)
+        self.register_buffer("prototypes", torch.zeros(self.num_classes, backbone.feature_dim))
 
     @torch.no_grad()
     def end_task(self, task: Task, loader: DataLoader) -> None:
         sums = torch.zeros_like(self.prototypes)
         counts = torch.zeros(self.num_classes, device=sums.device)
-        for x, y in loader:
+        for x, y, *_ in loader:
             y = y.to(sums.device)
             sums.index_add_(0, y, self.backbone.encode(x.to(sums.device)).float())
             counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
