@@ -44,6 +44,26 @@ def run(
     typer.echo(f"{metrics}\nrun directory: {result.run_dir}")
 
 
+@app.command()
+def pretrain(
+    kind: Annotated[str, typer.Argument(help="vit (tiny-synth-vit) or clip (tiny-synth-clip)")],
+    out: Annotated[Path | None, typer.Option(help="weight file to write")] = None,
+    epochs: Annotated[int, typer.Option(help="epochs over the pretraining split")] = 10,
+    per_class: Annotated[int, typer.Option(help="training images per pretraining class")] = 200,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Pretrain a small backbone of the offline world from scratch (reproduces the shipped weights)."""
+    from promptcl.pretrain import PRESET
+    from promptcl.pretrain import pretrain as run_pretraining
+
+    if kind not in PRESET:
+        raise typer.BadParameter(f"kind must be one of {sorted(PRESET)}, got {kind!r}")
+    out = out or Path(f"{PRESET[kind]}.safetensors")
+    scores = run_pretraining(kind, out, epochs=epochs, per_class=per_class, seed=seed)  # type: ignore[arg-type]
+    typer.echo(f"wrote {out}: test accuracy {scores['test_accuracy']:.1f}% in {scores['seconds']:.0f}s")
+    typer.echo(f"use it with `backbone.weights: {out}` or copy it over the shipped file")
+
+
 @app.command("list")
 def list_components() -> None:
     """Show the registered methods, backbones and datasets."""

@@ -9,6 +9,7 @@ _MODULES = (
     "promptcl.backbones.zoo",
     "promptcl.data.images",
     "promptcl.data.synthetic",
+    "promptcl.methods.clip_zeroshot",
     "promptcl.methods.finetune",
     "promptcl.methods.joint",
     "promptcl.methods.linear_probe",

@@ -47,7 +47,7 @@ class DataConfig(Strict):
 
 
 class BackboneConfig(Strict):
-    name: str = Field("tiny-vit", description="backbone preset (see `promptcl list`)")
+    name: str = Field("tiny-synth-vit", description="backbone preset (see `promptcl list`)")
     pretrained: bool = Field(True, description="load the preset's pretrained weights")
     weights: Path | None = Field(
         None, description="local weight file instead of the hub / shipped one"

@@ -32,6 +32,10 @@ from promptcl.backbones.base import (
 )
 from promptcl.errors import UnsupportedBackboneError
 
+# The caption of a class, as in CLIP's zero-shot evaluation (Radford et al., 2021); the shipped
+# tiny-synth-clip was trained on captions of this form.
+CAPTION_TEMPLATE = "a photo of a {}."
+
 
 class PromptedCLIP(Backbone):
     """Wraps (does not copy) an open_clip ``CLIP``; ``self.model`` is the open_clip model.

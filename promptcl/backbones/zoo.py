@@ -58,6 +58,14 @@ _TINY_CLIP = dict(
     text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=4, layers=2),
 )
 
+# The small backbones pretrained by promptcl itself on the synthetic world (`promptcl pretrain`).
+_SYNTH_VIT = dict(img_size=32, patch_size=8, embed_dim=96, depth=6, num_heads=3)
+_SYNTH_CLIP = dict(
+    embed_dim=64,
+    vision_cfg=dict(image_size=32, patch_size=8, width=96, layers=6, head_width=32),
+    text_cfg=dict(context_length=24, vocab_size=49408, width=64, heads=4, layers=3),
+)
+
 PRESETS: dict[str, Preset] = {
     "vit-b16-sup21k": Preset(
         "timm", "vit_base_patch16_224", "orig_in21k",
@@ -85,6 +93,14 @@ PRESETS: dict[str, Preset] = {
     "tiny-clip": Preset(
         "open_clip", "ViT-B-16", overrides=_TINY_CLIP,
         about="random 2-block CLIP for tests (32 px, patch 8, width 64, context 32); no weights",
+    ),
+    "tiny-synth-vit": Preset(
+        "timm", "vit_tiny_patch16_224", packaged="tiny-synth-vit.safetensors", overrides=_SYNTH_VIT,
+        about="6-block ViT (32 px, patch 8, width 96) pretrained on SynthShapes' pretraining split",
+    ),
+    "tiny-synth-clip": Preset(
+        "open_clip", "ViT-B-16", packaged="tiny-synth-clip.safetensors", overrides=_SYNTH_CLIP,
+        about="6-block CLIP (32 px, patch 8, width 96) trained on SynthShapes pretraining captions",
     ),
 }  # fmt: skip
 

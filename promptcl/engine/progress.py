@@ -36,6 +36,11 @@ class Console:
             f"[bold]promptcl[/] {config.method.name} on {config.data.name} with {config.backbone.name}: "
             f"{scenario.num_tasks} tasks ({split} classes), seed {config.seed}"
         )
+        if getattr(config.method, "task_oracle_voting", False):
+            self.rich.print(
+                "[bold red]TASK-ORACLE:[/] batch-wise prompt voting at test time uses the batch's "
+                "majority task; these numbers are not class-incremental results"
+            )
         if resumed_at is not None:
             self.rich.print(f"resuming at task {resumed_at[0]}, epoch {resumed_at[1]}")
 

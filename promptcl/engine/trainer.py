@@ -57,6 +57,15 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+def protocol(config: RunConfig) -> str:
+    """The evaluation protocol, written into every report: batch-wise prompt voting at test time
+    lets a batch's majority pick the prompt, which acts as a task oracle (specs/peer-frameworks.md
+    §7.3), so such runs are labelled and never mistaken for class-incremental results."""
+    if getattr(config.method, "task_oracle_voting", False):
+        return "task-oracle (batch-wise prompt voting at test time)"
+    return "class-incremental (no task identity at test time)"
+
+
 def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{config.method.name}-{config.data.name}-seed{config.seed}"
 
@@ -206,9 +215,8 @@ class Trainer:
             for i in range(T)
         ]
         (self.run_dir / "accuracy_matrix.csv").write_text("\n".join([header, *rows]) + "\n")
-        (self.run_dir / "metrics.json").write_text(
-            json.dumps({"after_task": t, **self._metrics(t)}, indent=2)
-        )
+        summary = {"after_task": t, "protocol": protocol(self.config), **self._metrics(t)}
+        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "log.jsonl", "a") as f:
