@@ -1,0 +1,55 @@
+"""What the key-query prompt methods share: the frozen query, a linear head, two learning rates.
+
+L2P, DualPrompt, CODA-Prompt and HiDe-Prompt (and later Hash) subclass ``PromptMethod``. The
+backbone stays frozen; only prompts, keys and the head are trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from promptcl.backbones.base import Backbone
+from promptcl.config import MethodConfig
+from promptcl.methods.base import Method
+from promptcl.prompts.query import QueryCache
+
+
+class PromptConfig(MethodConfig):
+    head_lr: float | None = Field(None, description="lr of the head; None = the method's lr")
+    query_cache: bool = Field(
+        False, description="cache the frozen query per training sample (exact without augmentation)"
+    )
+
+
+class PromptMethod(Method):
+    """A frozen backbone, learnable prompts, and a linear head over all classes."""
+
+    Config = PromptConfig
+
+    def __init__(self, config: PromptConfig, backbone: Backbone, class_names: list[str]):
+        super().__init__(config, backbone, class_names)
+        self.head = nn.Linear(backbone.feature_dim, self.num_classes)
+        self.query_cache = QueryCache() if config.query_cache else None
+
+    @torch.no_grad()
+    def query(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        """q(x): the prompt-free pooled feature of the frozen backbone, (B, F)."""
+        if self.query_cache is not None and index is not None and self.training:
+            return self.query_cache(x, index, self.backbone.encode)
+        return self.backbone.encode(x)
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """Everything trainable but the head."""
+        head = {id(p) for p in self.head.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in head]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        groups: list[dict[str, Any]] = [{"params": self.prompt_parameters()}]
+        head_group: dict[str, Any] = {"params": list(self.head.parameters())}
+        if self.config.head_lr is not None:
+            head_group["lr"] = self.config.head_lr
+        return [g for g in (*groups, head_group) if g["params"]]

@@ -1,0 +1,26 @@
+"""The query cache returns exactly what the frozen backbone would compute, once per sample."""
+
+import torch
+
+from promptcl.prompts.query import QueryCache
+
+
+def test_cache_computes_each_sample_once_and_returns_the_same_values():
+    calls = []
+
+    def compute(x):
+        calls.append(len(x))
+        return x.sum(dim=1, keepdim=True) * 2
+
+    cache = QueryCache()
+    x = torch.arange(12.0).view(4, 3)
+    first = cache(x, torch.tensor([7, 3, 9, 1]), compute)
+    torch.testing.assert_close(first, compute(x))
+    calls.clear()
+    again = cache(x[[2, 0]], torch.tensor([9, 7]), compute)  # both cached: no computation
+    assert calls == []
+    torch.testing.assert_close(again, first[[2, 0]])
+    mixed = cache(torch.cat([x[:1], torch.ones(1, 3)]), torch.tensor([7, 42]), compute)
+    assert calls == [1]  # only the new sample 42 is computed
+    torch.testing.assert_close(mixed[1], torch.tensor([6.0]))
+    assert (cache.hits, cache.misses, len(cache)) == (3, 5, 5)
