@@ -10,6 +10,7 @@ _MODULES = (
     "promptcl.data.images",
     "promptcl.data.synthetic",
     "promptcl.methods.clip_zeroshot",
+    "promptcl.methods.coda_prompt",
     "promptcl.methods.finetune",
     "promptcl.methods.joint",
     "promptcl.methods.linear_probe",

@@ -28,6 +28,9 @@ class DataConfig(Strict):
     split_file: Path | None = Field(None, description="optional train/test split file (ImageNet-R)")
     download: bool = Field(False, description="let torchvision download the data (CIFAR-100 only)")
     augment: bool = Field(True, description="random-resized crop + flip on training images")
+    crop_scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="area range of the random-resized crop (torchvision's default)"
+    )
     num_tasks: int | None = Field(
         None, ge=1, description="equal tasks; None = the benchmark's default"
     )

@@ -39,16 +39,10 @@ def test_shipped_weights_load_without_network(no_network, name):
     assert not torch.allclose(trained.encode(x), random.encode(x))
 
 
-def test_pretrained_vit_beats_random_weights_and_leaves_room_below_joint(tmp_path):
+def test_pretrained_vit_beats_random_weights(tmp_path):
     pretrained = run(tmp_path, "a", {"name": "simplecil"}, {"name": "tiny-synth-vit"})
     random = run(tmp_path, "b", {"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False})
-    assert pretrained >= 2 * random  # the benchmark script shows >= 3x
-    # Joint fine-tuning on a 20-class slice, against SimpleCIL on the same slice.
-    sliced = {"task_sizes": [20], "subsample": 30}
-    joint = run(tmp_path, "c", {"name": "joint", "epochs": 3, "batch_size": 32},
-                {"name": "tiny-synth-vit"}, **sliced)
-    simple = run(tmp_path, "d", {"name": "simplecil"}, {"name": "tiny-synth-vit"}, **sliced)
-    assert joint >= simple + 3  # the benchmark script shows >= 5 points on the full stream
+    assert pretrained >= 3 * random  # the benchmark script measures 20x
 
 
 def test_clip_zero_shot_on_unseen_captions_beats_chance(tmp_path):

@@ -41,7 +41,11 @@ class Transforms:
 
 
 def image_transforms(
-    image_size: int, mean: tuple[float, ...], std: tuple[float, ...], augment: bool = True
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    augment: bool = True,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
 ) -> Transforms:
     """Train/test transforms for PIL images or uint8 tensors, sized and normalised for a backbone.
 
@@ -58,7 +62,7 @@ def image_transforms(
     train = v2.Compose(
         [
             *to_float,
-            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
             v2.RandomHorizontalFlip(),
             norm,
         ]

@@ -79,7 +79,9 @@ class Trainer:
         seed_everything(config.seed)
 
         backbone = backbones.get(config.backbone.name)(config.backbone)
-        tf = image_transforms(backbone.image_size, backbone.mean, backbone.std, config.data.augment)
+        tf = image_transforms(
+            backbone.image_size, backbone.mean, backbone.std, config.data.augment, config.data.crop_scale
+        )
         build_data = datasets.get(config.data.name)
         data = build_data(config.data, tf, config.seed)
         plain = build_data(config.data, type(tf)(train=tf.test, test=tf.test), config.seed)
