@@ -12,6 +12,7 @@ _MODULES = (
     "promptcl.methods.clip_zeroshot",
     "promptcl.methods.coda_prompt",
     "promptcl.methods.finetune",
+    "promptcl.methods.hide_prompt",
     "promptcl.methods.joint",
     "promptcl.methods.linear_probe",
     "promptcl.methods.simplecil",
