@@ -11,9 +11,11 @@ _MODULES = (
     "promptcl.data.synthetic",
     "promptcl.methods.clip_zeroshot",
     "promptcl.methods.coda_prompt",
+    "promptcl.methods.dualprompt",
     "promptcl.methods.finetune",
     "promptcl.methods.hide_prompt",
     "promptcl.methods.joint",
+    "promptcl.methods.l2p",
     "promptcl.methods.linear_probe",
     "promptcl.methods.simplecil",
 )
