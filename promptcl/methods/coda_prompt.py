@@ -61,6 +61,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
 from promptcl.prompts.components import ComponentPool
@@ -105,11 +106,11 @@ class CodaPrompt(PromptMethod):
         super().__init__(config, backbone, class_names)
         bad = [layer for layer in config.layers if not 0 <= layer < backbone.depth]
         if bad:
-            raise ValueError(
+            raise ConfigError(
                 f"method.layers {bad} are outside the backbone's blocks 0..{backbone.depth - 1}"
             )
         if config.prompt_length % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"method.prompt_length must be even (halves: keys + values), got "
                 f"{config.prompt_length}"
             )

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
 from promptcl.prompts.pool import INIT_RANGES, PromptPool
@@ -94,7 +95,7 @@ class DualPromptConfig(PromptConfig):
     @classmethod
     def _distinct(cls, layers: list[int]) -> list[int]:
         if len(set(layers)) != len(layers) or any(i < 0 for i in layers):
-            raise ValueError(f"layers must be distinct block indices >= 0, got {layers}")
+            raise ConfigError(f"layers must be distinct block indices >= 0, got {layers}")
         return layers
 
 
@@ -109,7 +110,7 @@ class DualPrompt(PromptMethod):
         super().__init__(config, backbone, class_names)
         deepest = max([*config.g_layers, *config.e_layers], default=-1)
         if deepest >= backbone.depth:
-            raise ValueError(f"prompt layer {deepest} but the backbone has {backbone.depth} blocks")
+            raise ConfigError(f"prompt layer {deepest} but the backbone has {backbone.depth} blocks")
         self.init_range = INIT_RANGES[config.prompt_init]
         low, high = self.init_range
         g_shape = (len(config.g_layers), 2, config.g_length, backbone.embed_dim)
@@ -126,7 +127,7 @@ class DualPrompt(PromptMethod):
             pool = PromptPool(size, self.backbone.feature_dim, shape, self.init_range)
             self.e_pool = pool.to(self.head.weight.device)
         if task.index >= self.e_pool.size:
-            raise ValueError(
+            raise ConfigError(
                 f"task {task.index} needs an E-prompt, but the pool holds {self.e_pool.size}: "
                 "raise method.pool_size or leave it None (= the number of tasks)"
             )

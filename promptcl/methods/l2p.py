@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
 from promptcl.prompts.pool import INIT_RANGES, PromptPool
@@ -74,7 +75,7 @@ class L2PConfig(PromptConfig):
     @model_validator(mode="after")
     def _top_k_fits(self) -> L2PConfig:
         if self.top_k > self.pool_size:
-            raise ValueError(f"top_k={self.top_k} exceeds pool_size={self.pool_size}")
+            raise ConfigError(f"top_k={self.top_k} exceeds pool_size={self.pool_size}")
         return self
 
 
