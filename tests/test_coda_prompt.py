@@ -23,16 +23,6 @@ from promptcl.prompts.components import ComponentPool, component_weights, gram_s
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two intra-op threads on two cores shared with other jobs spin against each other (a 20x
-    slowdown measured here); one thread keeps these runs fast. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the component pool ------------------------------------------------------------------------
 
 

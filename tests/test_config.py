@@ -67,3 +67,18 @@ def test_missing_config_file(tmp_path):
 
 def test_run_config_model_default_is_simplecil():
     assert RunConfig().method.name == "simplecil"
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "coda_prompt", "layers": [0, 5]},
+        {"name": "dualprompt", "e_layers": [1, 1]},
+        {"name": "hide_prompt", "prompt_layers": [-1]},
+    ],
+)
+def test_prompt_layers_outside_the_backbone_are_named(tiny_run, method):
+    import promptcl
+
+    with pytest.raises(ConfigError, match=r"method\.\w+ .* distinct blocks of the backbone, 0\.\.1"):
+        promptcl.run(tiny_run(method), quiet=True)

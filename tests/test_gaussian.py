@@ -7,15 +7,6 @@ from torch import nn
 from promptcl.prompts.gaussian import RIDGE, ClassStats, align_head, kmeans
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, very costly on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gaussian_classes(n: int = 400, dim: int = 6, seed: int = 0):
     """Two correlated Gaussian classes (labels 0 and 2), with their true means."""
     g = torch.Generator().manual_seed(seed)

@@ -18,15 +18,6 @@ from promptcl.methods.base import Batch, Task
 from promptcl.methods.hide_prompt import HiDePrompt, HiDePromptConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: a second thread only adds synchronisation, very costly on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_method(**overrides) -> HiDePrompt:
     """HiDe on the random 2-block tiny ViT, 2 tasks of 3 classes; everything short."""
     torch.manual_seed(0)

@@ -25,16 +25,6 @@ from promptcl.prompts.pool import PromptPool
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for this module's training runs: on a busy 2-core machine, two OpenMP
-    threads spin-waiting for each other made them about 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- the pool ---------------------------------------------------------------------------------
 def hand_made_pool() -> tuple[PromptPool, torch.Tensor]:
     """Keys along the axes e_0..e_3; sample b's query is closest to key target[b], then to the

@@ -63,7 +63,7 @@ from torch.nn import functional as F
 from promptcl.backbones.base import Backbone, LayerPrompts
 from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
-from promptcl.methods.prompt_base import PromptConfig, PromptMethod
+from promptcl.methods.prompt_base import PromptConfig, PromptMethod, check_layers
 from promptcl.prompts.components import ComponentPool
 from promptcl.prompts.prefix import halves
 from promptcl.registry import methods
@@ -104,11 +104,7 @@ class CodaPrompt(PromptMethod):
 
     def __init__(self, config: CodaPromptConfig, backbone: Backbone, class_names: list[str]):
         super().__init__(config, backbone, class_names)
-        bad = [layer for layer in config.layers if not 0 <= layer < backbone.depth]
-        if bad:
-            raise ConfigError(
-                f"method.layers {bad} are outside the backbone's blocks 0..{backbone.depth - 1}"
-            )
+        check_layers("layers", config.layers, backbone)
         if config.prompt_length % 2:
             raise ConfigError(
                 f"method.prompt_length must be even (halves: keys + values), got "

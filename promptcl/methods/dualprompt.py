@@ -55,14 +55,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from promptcl.backbones.base import Backbone, LayerPrompts
 from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
-from promptcl.methods.prompt_base import PromptConfig, PromptMethod
+from promptcl.methods.prompt_base import PromptConfig, PromptMethod, check_layers
 from promptcl.prompts.pool import INIT_RANGES, PromptPool
 from promptcl.prompts.prefix import per_kv
 from promptcl.registry import methods
@@ -91,12 +91,6 @@ class DualPromptConfig(PromptConfig):
         False, description="batch-majority E-prompt at TEST time: a task oracle, off"
     )
 
-    @field_validator("g_layers", "e_layers")
-    @classmethod
-    def _distinct(cls, layers: list[int]) -> list[int]:
-        if len(set(layers)) != len(layers) or any(i < 0 for i in layers):
-            raise ConfigError(f"layers must be distinct block indices >= 0, got {layers}")
-        return layers
 
 
 @methods.register("dualprompt")
@@ -108,9 +102,8 @@ class DualPrompt(PromptMethod):
 
     def __init__(self, config: DualPromptConfig, backbone: Backbone, class_names: list[str]):
         super().__init__(config, backbone, class_names)
-        deepest = max([*config.g_layers, *config.e_layers], default=-1)
-        if deepest >= backbone.depth:
-            raise ConfigError(f"prompt layer {deepest} but the backbone has {backbone.depth} blocks")
+        check_layers("g_layers", config.g_layers, backbone)
+        check_layers("e_layers", config.e_layers, backbone)
         self.init_range = INIT_RANGES[config.prompt_init]
         low, high = self.init_range
         g_shape = (len(config.g_layers), 2, config.g_length, backbone.embed_dim)

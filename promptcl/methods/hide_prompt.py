@@ -74,9 +74,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
-from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
-from promptcl.methods.prompt_base import PromptConfig, PromptMethod
+from promptcl.methods.prompt_base import PromptConfig, PromptMethod, check_layers
 from promptcl.prompts.gaussian import ClassStats, Mode, align_head
 from promptcl.prompts.prefix import per_kv
 from promptcl.registry import methods
@@ -179,11 +178,7 @@ class HiDePrompt(PromptMethod):
 
     def __init__(self, config: HiDePromptConfig, backbone: Backbone, class_names: list[str]):
         super().__init__(config, backbone, class_names)
-        bad = [i for i in config.prompt_layers if not 0 <= i < backbone.depth]
-        if bad:
-            raise ConfigError(
-                f"method.prompt_layers {bad} outside the backbone's blocks 0..{backbone.depth - 1}"
-            )
+        check_layers("prompt_layers", config.prompt_layers, backbone)
         C, dim = self.num_classes, backbone.feature_dim
         _init_linear(self.head)
         self.tii = TaskInference(dim, C, config.tii_mlp_structure)

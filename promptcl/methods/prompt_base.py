@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
+from promptcl.errors import ConfigError
 from promptcl.methods.base import Method
 from promptcl.prompts.query import QueryCache
 
@@ -53,3 +54,12 @@ class PromptMethod(Method):
         if self.config.head_lr is not None:
             head_group["lr"] = self.config.head_lr
         return [g for g in (*groups, head_group) if g["params"]]
+
+
+def check_layers(key: str, layers: list[int], backbone: Backbone) -> None:
+    """Prompt layers must be distinct blocks of the backbone; ``key`` names the config field."""
+    bad = [i for i in layers if not 0 <= i < backbone.depth]
+    if bad or len(set(layers)) != len(layers):
+        raise ConfigError(
+            f"method.{key} {layers} must be distinct blocks of the backbone, 0..{backbone.depth - 1}"
+        )
