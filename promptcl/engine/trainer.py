@@ -93,6 +93,7 @@ class Trainer:
         T = self.scenario.num_tasks
         self.accuracy = np.full((T, T), np.nan)
         self.fingerprint = checkpoint.config_fingerprint(config)
+        self.test_sizes = [len(self.scenario.test_view(i)) for i in range(T)]
 
     # -- the stream ---------------------------------------------------------------------------
     def task(self, t: int) -> Task:
@@ -204,9 +205,8 @@ class Trainer:
     # -- outputs ------------------------------------------------------------------------------
     def _metrics(self, t: int) -> dict[str, float]:
         A = self.accuracy[: t + 1, : t + 1]
-        sizes = [len(self.scenario.test_view(i)) for i in range(t + 1)]
         return metrics.summary(
-            A, test_sizes=sizes, classes_per_task=self.scenario.task_sizes[: t + 1]
+            A, test_sizes=self.test_sizes[: t + 1], classes_per_task=self.scenario.task_sizes[: t + 1]
         )
 
     def _write_results(self, t: int) -> None:
