@@ -7,7 +7,8 @@ this file: ``engines/hide_tii_engine.py``, ``engines/hide_promtp_wtp_and_tap_eng
 ``vits/hide_prompt_vision_transformer.py``, ``configs/{cifar100,imr}_hideprompt_5e.py``,
 ``training_scripts/train_{cifar100,imr}_vit.sh``. Spec: ../shared/specs/image-methods.md §1.4.
 
-Class-incremental prediction is split into three parts (equation names follow the code):
+Class-incremental prediction is split into three parts (equation names follow the code); TII and
+TAP live in ``task_inference.py``, shared with Hash:
 
 - WTP (within-task prediction). One prefix prompt P_t per task (prompt t of the pool is task t's;
   shape (layers, 2, L, D), "per_kv": L key and L value tokens at blocks 0..4), uniform(-1, 1)
@@ -70,27 +71,20 @@ from typing import Any
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
 from promptcl.methods.base import Batch, Task
-from promptcl.methods.prompt_base import PromptConfig, PromptMethod, check_layers
-from promptcl.prompts.gaussian import ClassStats, Mode, align_head
+from promptcl.methods.prompt_base import check_layers
+from promptcl.methods.task_inference import TaskInferenceConfig, TaskInferenceMethod
 from promptcl.prompts.prefix import per_kv
 from promptcl.registry import methods
 
-CR_TEMPERATURE = 0.8  # official ``orth_loss``: ``torch.matmul(M, M.t()) / 0.8``
-CA_MOMENTUM = 0.9  # official ``optim.SGD(..., momentum=0.9)`` in the alignment
 
-
-class HiDePromptConfig(PromptConfig):
+class HiDePromptConfig(TaskInferenceConfig):
     name: str = "hide_prompt"
     lr: float = Field(
         0.0028125, ge=0, description="prompt lr: 0.03 * 24/256 (script lr, official batch scaling)"
-    )
-    larger_prompt_lr: bool = Field(
-        True, description="head lr = 0.1 * lr unless head_lr is set (--larger_prompt_lr)"
     )
     epochs: int = Field(50, ge=0, description="WTP epochs per task (CIFAR script)")
     batch_size: int = Field(192, ge=1, description="8 GPUs x 24 per device (CIFAR script)")
@@ -99,78 +93,10 @@ class HiDePromptConfig(PromptConfig):
         [0, 1, 2, 3, 4], description="blocks with task prompts (e_prompt_layer_idx)"
     )
     prompt_momentum: float = Field(0.01, ge=0, le=1, description="m of the momentum prompt")
-    reg: float = Field(0.1, ge=0, description="weight of the contrastive regulariser L_cr")
-    ca_storage: Mode = Field(
-        "multi-centroid", description="class statistics (ca_storage_efficient_method)"
-    )
-    n_centroids: int = Field(10, ge=1, description="k-means centroids per class (multi-centroid)")
-    crct_epochs: int = Field(30, ge=0, description="alignment epochs (WTP head and TII)")
-    ca_lr: float = Field(0.005, ge=0, description="WTP head alignment lr (SGD)")
-    ca_weight_decay: float = Field(
-        0.0, ge=0, description="alignment weight decay (effective official value, see docstring)"
-    )
-    tii_epochs: int = Field(20, ge=0, description="TII epochs per task (TII stage of the script)")
-    tii_lr: float = Field(4.6875e-5, ge=0, description="TII lr: 5e-4 * 24/256 (Adam)")
-    tii_ca_lr: float = Field(4.6875e-4, ge=0, description="TII alignment lr: 0.005 * 24/256 (SGD)")
-    tii_mlp_structure: list[int] = Field(
-        [2], description="hidden widths of the TII MlpMapping, in multiples of D ([] = none)"
-    )
-
-
-def _init_linear(layer: nn.Linear) -> nn.Linear:
-    """timm's ViT init of linear layers (``init_weights_vit_timm``)."""
-    nn.init.trunc_normal_(layer.weight, std=0.02)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-class MlpMapping(nn.Module):
-    """HiDe's TII feature mapping: LN(x + MLP(x)) with hidden widths ``dim * hidden[i]``.
-
-    Layer i of the MLP is Linear -> GELU, except the last (Linear only) and, for deeper
-    structures, the middle one (Linear -> LayerNorm). Dropout is 0 in the official runs.
-    """
-
-    def __init__(self, dim: int, hidden: list[int]):
-        super().__init__()
-        widths = [dim, *(dim * h for h in hidden), dim]
-        layers: list[nn.Module] = []
-        for i in range(len(hidden) + 1):
-            linear = _init_linear(nn.Linear(widths[i], widths[i + 1]))
-            if i == len(hidden):
-                layers.append(nn.Sequential(linear))
-            elif i == len(hidden) // 2 and i != 0:
-                layers.append(nn.Sequential(linear, nn.LayerNorm(widths[i + 1])))
-            else:
-                layers.append(nn.Sequential(linear, nn.GELU()))
-        self.net = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x + self.net(x))  # (B, D)
-
-
-class TaskInference(nn.Module):
-    """The TII classifier on frozen features: MlpMapping (or nothing) + a head over all classes."""
-
-    def __init__(self, dim: int, num_classes: int, hidden: list[int]):
-        super().__init__()
-        self.mlp = MlpMapping(dim, hidden) if hidden else nn.Identity()
-        self.head = _init_linear(nn.Linear(dim, num_classes))
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.head(self.mlp(features))  # (B, C)
-
-
-def contrastive_regulariser(features: Tensor, prototypes: Tensor) -> Tensor:
-    """Official ``orth_loss`` without its weight: CE(M M^T / 0.8, arange), M = [prototypes; f]."""
-    M = torch.cat([prototypes.to(features), features])  # (P + B, F)
-    sim = M @ M.T / CR_TEMPERATURE  # (P + B, P + B)
-    return F.cross_entropy(sim, torch.arange(len(M), device=M.device))
 
 
 @methods.register("hide_prompt")
-class HiDePrompt(PromptMethod):
+class HiDePrompt(TaskInferenceMethod):
     """WTP prompts per task, TII on frozen features, TAP head alignment on Gaussian replay."""
 
     Config = HiDePromptConfig
@@ -179,21 +105,14 @@ class HiDePrompt(PromptMethod):
     def __init__(self, config: HiDePromptConfig, backbone: Backbone, class_names: list[str]):
         super().__init__(config, backbone, class_names)
         check_layers("prompt_layers", config.prompt_layers, backbone)
-        C, dim = self.num_classes, backbone.feature_dim
-        _init_linear(self.head)
-        self.tii = TaskInference(dim, C, config.tii_mlp_structure)
         # One prompt per task, (layers, 2, L, D) each; slot t is created at begin_task(t).
         self.prompt_shape = (len(config.prompt_layers), 2, config.prompt_length, backbone.embed_dim)
         self.prompts = nn.ParameterList()
-        self.wtp_stats = ClassStats(C, dim, config.ca_storage, config.n_centroids)
-        self.tii_stats = ClassStats(C, dim, config.ca_storage, config.n_centroids)
-        self.register_buffer("class_task", torch.full((C,), -1, dtype=torch.long))
 
     # -- prompts ------------------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
         t = task.index
-        self.class_task[task.start : task.end] = t
         device = self.head.weight.device
         while len(self.prompts) <= t:
             self.prompts.append(nn.Parameter(torch.empty(self.prompt_shape, device=device)))
@@ -226,103 +145,25 @@ class HiDePrompt(PromptMethod):
         batched = prompt.unsqueeze(0).expand(len(x), *prompt.shape)
         return self.backbone.encode(x, self.layer_prompts(batched))
 
+    def task_features(self, x: Tensor, tasks: Tensor) -> Tensor:
+        prompts = torch.stack(list(self.prompts))[tasks]  # (B, layers, 2, L, D)
+        return self.backbone.encode(x, self.layer_prompts(prompts))
+
     # -- the contract -------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         assert self.task is not None, "begin_task was not called"
-        cfg = self.config
-        head_lr = cfg.head_lr
-        if head_lr is None:
-            head_lr = 0.1 * cfg.lr if cfg.larger_prompt_lr else cfg.lr
         return [
             {"params": [self.prompts[self.task.index]]},
-            {"params": list(self.head.parameters()), "lr": head_lr},
+            {"params": list(self.head.parameters()), "lr": self.head_lr()},
         ]
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         assert self.task is not None, "begin_task was not called"
         f = self.features(batch.x, self.task_prompt(self.task.index, momentum=True))  # (B, F)
-        ce = F.cross_entropy(self.mask_for_training(self.head(f)), batch.y)
-        cr = contrastive_regulariser(f, self.wtp_stats.prototypes())
-        return {"loss": ce + self.config.reg * cr, "ce": ce.detach(), "cr": cr.detach()}
+        return self.wtp_loss(f, batch.y)
 
     @torch.no_grad()
     def end_task(self, task: Task, loader: DataLoader) -> None:
-        cfg, t = self.config, task.index
+        t = task.index
         self.prompts[t].copy_(self.task_prompt(t, momentum=True))  # P_t <- momentum prompt
-        plain, prompted, labels = self._task_features(t, loader)  # (N, F), (N, F), (N,)
-        # One generator per task, seeded from the global RNG (restored by the trainer on resume).
-        g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
-        self.tii_stats.fit(plain, labels, g)
-        self.wtp_stats.fit(prompted, labels, g)
-        self._train_tii(plain, labels, g)
-        if t > 0:  # TAP: re-align both classifiers on replayed features of all seen classes
-            self._align(self.tii, self.tii_stats, task, cfg.batch_size, cfg.tii_ca_lr, g)
-            self._align(self.head, self.wtp_stats, task, 5 * cfg.batch_size, cfg.ca_lr, g)
-
-    def _align(
-        self,
-        head: nn.Module,
-        stats: ClassStats,
-        task: Task,
-        per_class: int,
-        lr: float,
-        g: torch.Generator,
-    ) -> None:
-        """``train_task_adaptive_prediction``: as many batches of ``per_class`` features per
-        epoch as there are old classes (``crct_num``)."""
-        align_head(
-            head,
-            stats,
-            range(task.end),
-            epochs=self.config.crct_epochs,
-            per_class=per_class,
-            steps_per_epoch=task.start,
-            lr=lr,
-            momentum=CA_MOMENTUM,
-            weight_decay=self.config.ca_weight_decay,
-            generator=g,
-        )
-
-    def _task_features(self, t: int, loader: DataLoader) -> tuple[Tensor, Tensor, Tensor]:
-        """Un-instructed q(x) and instructed f(x; P_t) features of the task's training data."""
-        device = self.head.weight.device
-        plain, prompted, labels = [], [], []
-        for x, y, *_ in loader:
-            x = x.to(device)
-            plain.append(self.query(x))
-            prompted.append(self.features(x, self.prompts[t]))
-            labels.append(y.to(device))
-        return torch.cat(plain), torch.cat(prompted), torch.cat(labels)
-
-    def _train_tii(self, features: Tensor, labels: Tensor, g: torch.Generator) -> None:
-        """The TII stage for one task: Adam, CE over the task's classes, clipped gradients."""
-        cfg = self.config
-        params = list(self.tii.parameters())
-        optimizer = torch.optim.Adam(
-            params, lr=cfg.tii_lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-        )
-        self.tii.train()
-        with torch.enable_grad():
-            for _ in range(cfg.tii_epochs):
-                order = torch.randperm(len(features), generator=g).to(features.device)
-                for rows in order.split(cfg.batch_size):
-                    logits = self.mask_for_training(self.tii(features[rows]))  # (b, C)
-                    loss = F.cross_entropy(logits, labels[rows])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
-        self.tii.eval()
-
-    @torch.no_grad()
-    def infer_tasks(self, x: Tensor) -> Tensor:
-        """TII: t^ = task(argmax over the seen classes of the TII logits), per sample: (B,)."""
-        assert self.task is not None, "begin_task was not called"
-        logits = self.tii(self.query(x))[:, : self.task.end]  # (B, seen)
-        return self.class_task[logits.argmax(1)]
-
-    def predict(self, x: Tensor) -> Tensor:
-        t_hat = self.infer_tasks(x)  # (B,)
-        prompts = torch.stack(list(self.prompts))[t_hat]  # (B, layers, 2, L, D)
-        return self.head(self.backbone.encode(x, self.layer_prompts(prompts)))  # (B, C)
+        super().end_task(task, loader)
