@@ -23,7 +23,7 @@ BOUNDS = {
     "linear_probe": {"name": "linear_probe", "epochs": 3, "batch_size": 64},
     "simplecil": {"name": "simplecil"},
 }
-PROMPT_METHODS = ["l2p", "dualprompt", "coda_prompt", "hide_prompt"]
+PROMPT_METHODS = ["l2p", "dualprompt", "coda_prompt", "hide_prompt", "hash"]
 
 
 def config_for(name: str, out: Path, epochs: int | None, seed: int):

@@ -13,6 +13,7 @@ _MODULES = (
     "promptcl.methods.coda_prompt",
     "promptcl.methods.dualprompt",
     "promptcl.methods.finetune",
+    "promptcl.methods.hash_prompt",
     "promptcl.methods.hide_prompt",
     "promptcl.methods.joint",
     "promptcl.methods.l2p",

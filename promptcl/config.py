@@ -129,16 +129,7 @@ def method_config(values: dict[str, Any]) -> MethodConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML file (or start from the defaults) and apply ``key.sub=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(
-                f"{path} must hold a mapping of sections (data, backbone, method, ...)"
-            )
+    raw = read_yaml(Path(path)) if path is not None else {}
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -151,6 +142,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node[leaf] = yaml.safe_load(text)
     return build_config(raw)
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's sections; ``base: other.yaml`` (relative to the file) is read first and
+    the file's own values are merged over it, section by section."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, backbone, method, ...)")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = path.parent / str(base)
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: `base: {base}` leads back to itself")
+    return _merge(read_yaml(base_path, (*seen, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
 
 
 def build_config(raw: dict[str, Any]) -> RunConfig:

@@ -65,6 +65,26 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_config_extends_its_base_section_by_section(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump({"seed": 3, "method": {"name": "l2p", "lr": 0.5, "pool_size": 7}})
+    )
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "method": {"lr": 0.1}}))
+    config = load_config(tmp_path / "row.yaml", ["method.top_k=3"])
+    assert config.seed == 3
+    assert (config.method.lr, config.method.pool_size, config.method.top_k) == (0.1, 7, 3)
+
+
+def test_a_base_chain_that_loops_or_is_missing_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_run_config_model_default_is_simplecil():
     assert RunConfig().method.name == "simplecil"
 

@@ -1,0 +1,289 @@
+"""Hash: History-Aware prompt-SHaring, a shared prompt pool routed like a mixture of experts.
+
+Li, Ding, Dong, Wang, Zhao, He, Gong. "Is Parameter Isolation Better for Prompt-Based Continual
+Learning?" (CVPR 2026, arXiv 2601.20894). No code is public ("Code: TBD"); this file implements
+the seed document's description (../shared/seeds/002_ec6be0d7fe235721.txt, cited as [seed]) and
+../shared/specs/image-methods.md §4. Every choice the seed leaves open is marked [inferred] and is
+a config field.
+
+Equations [seed]:
+- Pool. E experts p_e in R^{L_p x d}, shared by all tasks, at the blocks ``prompt_layers``
+  (the seed's "layers 1-4", read 1-indexed: blocks 0..3 [inferred]; one prompt per block).
+- Task router R_t (one per task; older routers frozen): s~ = x W_r / sqrt(d), averaged over the
+  sequence, gives s in R^E. Here x is the frozen backbone's final token sequence, so s is the mean
+  token times W_r / sqrt(d) (``router_input: tokens``) [inferred: the seed does not say which
+  layer's tokens; every key-query method routes on the frozen model's output].
+- Sparse gating. K(s) = Top-K(s), w_k = exp(s_k) / sum_{j in K(s)} exp(s_j), instance prompt
+  p~ = sum_{k in K(s)} w_k p_k, split into p_K / p_V and prepended to the keys and values
+  (``prefix: halves`` [seed: "split into p_K / p_V"]).
+- Activation entropy H(w) = -sum_k w_k log w_k, logged per epoch as ``entropy``.
+- HDR. H_e^t counts the Top-K selections of expert e during the training of tasks < t (kept in
+  ``counts``; the counts of task t are added when it ends, so the history is fixed while a task
+  trains [inferred]). s~_e = s_e - phi(H_e^t); default phi = delta on A_t, the "Top-K
+  high-frequency experts" (``hot_experts`` = top_k), 0 elsewhere (``prompts/history.py``).
+  Selection and weights both use s~. The penalty a router was trained with is kept with it and
+  applied at test time too (``hdr_at_test``) [inferred: the spec suggested plain scores at test,
+  but a router learned under the penalty routes differently without it].
+- HGM. g~_e = psi(H_e^t) g_e with psi = beta on A_t, 1 elsewhere; the seed calls this "equivalent
+  to reducing the learning rate for high-frequency experts", i.e. the regulariser
+  R_e = 1/2 H_e^t ||theta_e - theta_e^t||^2. Under Adam, the seed's optimiser, a constant gradient
+  scale cancels out of the update (m / sqrt(v) is scale-free), so scaling gradients would change
+  nothing but epsilon's share. The default (``hgm_mode: lr``) therefore applies psi to each
+  expert's learning rate, which is the stated equivalence; ``hgm_mode: grad`` scales the
+  gradients literally (exact with SGD) [inferred].
+- Loss: CE over the current task's classes [seed: "supervised classification loss L_cls"];
+  HiDe's L_cr is available (``reg``) but off.
+
+Task identity at test time [inferred, spec §4.2]: routers are per task, and test samples carry
+no task id. ``router_choice: tii`` (default) uses HiDe-Prompt's task-identity inference on frozen
+features to pick R_t^ per sample, and HiDe's task-adaptive prediction (head alignment on Gaussian
+replay of class statistics), as in ``task_inference.py``; ``router_choice: mean`` averages the
+scores of all seen routers instead (no task inference for routing).
+
+Defaults. [seed]: ViT-B/16 Sup-21K, Adam (0.9, 0.999), batch 128, instance-level selection in
+training and inference. [inferred]: E = 8 experts, Top-2, L_p = 10 (5 key + 5 value tokens, the
+prefix size of HiDe's L = 5; with 8 experts the pool plus routers stays smaller than HiDe's ten
+task prompts, as the seed says Hash's parameters do), delta = 1, beta = 0.5, routers initialised
+like timm's linear layers (trunc-normal, std 0.02), and the rest from HiDe-Prompt's CIFAR-100
+script (effective lr 0.0028125, head lr 0.1 lr, 50 epochs, grad clip 1.0, TII and TAP values).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.engine.distributed import all_reduce_sum
+from promptcl.methods.base import Batch, Task
+from promptcl.methods.prompt_base import check_layers
+from promptcl.methods.task_inference import TaskInferenceConfig, TaskInferenceMethod
+from promptcl.prompts.history import DECAYS, PENALTIES, scale_gradient
+from promptcl.prompts.prefix import halves, per_kv
+from promptcl.registry import methods
+
+ROUTER_STD = 0.02  # timm's init of linear layers [inferred]
+
+
+class HashConfig(TaskInferenceConfig):
+    name: str = "hash"
+    lr: float = Field(0.0028125, ge=0, description="prompt and router lr (HiDe's effective lr)")
+    epochs: int = Field(50, ge=0, description="epochs per task (HiDe's CIFAR-100) [inferred]")
+    batch_size: int = Field(128, ge=1, description="batch size [seed]")
+    reg: float = Field(
+        0.0, ge=0, description="weight of HiDe's L_cr (the seed trains with CE only)"
+    )
+    pool_size: int = Field(8, ge=1, description="E, experts in the shared pool [inferred]")
+    top_k: int = Field(2, ge=1, description="experts per sample [inferred]")
+    prompt_length: int = Field(10, ge=1, description="L_p tokens per expert and block [inferred]")
+    prefix: Literal["halves", "per_kv"] = Field(
+        "halves", description="halves: L_p/2 key + L_p/2 value tokens; per_kv: L_p of each"
+    )
+    prompt_layers: list[int] = Field([0, 1, 2, 3], description="blocks with prefixes (layers 1-4)")
+    router_input: Literal["tokens", "class"] = Field(
+        "tokens", description="frozen final tokens averaged over the sequence, or the class feature"
+    )
+    router_init: Literal["fresh", "previous"] = Field(
+        "fresh", description="a new task's router: trunc-normal init, or a copy of the last one"
+    )
+    router_choice: Literal["tii", "mean"] = Field(
+        "tii", description="router at test time: TII's task, or the mean of all seen routers"
+    )
+    hdr: str = Field("top-k", description=f"routing penalty phi: {', '.join(PENALTIES)}")
+    hdr_delta: float = Field(1.0, ge=0, description="delta of the routing penalty [inferred]")
+    hdr_at_test: bool = Field(True, description="apply each router's penalty at test time too")
+    hgm: str = Field("top-k", description=f"gradient decay psi: {', '.join(DECAYS)}")
+    hgm_beta: float = Field(0.5, gt=0, le=1, description="beta of the gradient decay [inferred]")
+    hgm_mode: Literal["lr", "grad"] = Field(
+        "lr", description="apply psi to each expert's lr (Adam-proof) or to its gradient"
+    )
+    hot_experts: int | None = Field(
+        None, ge=1, description="size of the most-activated set A_t; None = top_k"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> HashConfig:
+        if self.hdr not in PENALTIES:
+            raise ValueError(f"hdr {self.hdr!r} is not one of {sorted(PENALTIES)}")
+        if self.hgm not in DECAYS:
+            raise ValueError(f"hgm {self.hgm!r} is not one of {sorted(DECAYS)}")
+        if self.top_k > self.pool_size:
+            raise ValueError(f"top_k {self.top_k} exceeds pool_size {self.pool_size}")
+        if self.prefix == "halves" and self.prompt_length % 2:
+            raise ValueError(
+                f"prefix 'halves' needs an even prompt_length, got {self.prompt_length}"
+            )
+        return self
+
+
+def activation_entropy(weights: Tensor) -> Tensor:
+    """H(w) = -sum_k w_k log w_k per sample over the selected experts: (B, K) -> (B,)."""
+    return -(weights * weights.clamp_min(1e-12).log()).sum(1)
+
+
+@methods.register("hash")
+class Hash(TaskInferenceMethod):
+    """A shared pool of prompt experts, task routers with Top-K gating, HDR and HGM."""
+
+    Config = HashConfig
+    config: HashConfig
+
+    def __init__(self, config: HashConfig, backbone: Backbone, class_names: list[str]):
+        super().__init__(config, backbone, class_names)
+        check_layers("prompt_layers", config.prompt_layers, backbone)
+        E, layers, L, D = (
+            config.pool_size,
+            len(config.prompt_layers),
+            config.prompt_length,
+            backbone.embed_dim,
+        )
+        shape = (layers, L, D) if config.prefix == "halves" else (layers, 2, L, D)
+        # The HiDe/CODA prompt init, uniform(-1, 1) [inferred].
+        self.experts = nn.ParameterList(
+            nn.Parameter(torch.empty(shape).uniform_(-1, 1)) for _ in range(E)
+        )
+        self.routers = nn.ParameterList()  # router t: (D, E), created at begin_task(t)
+        self.register_buffer("counts", torch.zeros(E, dtype=torch.long))  # H after the last task
+        self.register_buffer("task_counts", torch.zeros(E, dtype=torch.long))  # this task's
+        self.register_buffer("history", torch.zeros(0, E, dtype=torch.long))  # row t: H^t
+
+    @property
+    def hot_size(self) -> int:
+        return self.config.hot_experts or self.config.top_k
+
+    def penalty(self, t: int) -> Tensor:
+        """phi(H^t): the HDR penalty router t is trained (and tested) with, (E,)."""
+        return PENALTIES[self.config.hdr](self.history[t], self.hot_size, self.config.hdr_delta)
+
+    def decay(self, t: int) -> Tensor:
+        """psi(H^t): the HGM factor of each expert while task t trains, (E,)."""
+        return DECAYS[self.config.hgm](self.history[t], self.hot_size, self.config.hgm_beta)
+
+    # -- routing ------------------------------------------------------------------------------
+    def summarise(self, tokens: Tensor) -> Tensor:
+        """What the routers read from the frozen final tokens (B, N, D): (B, D)."""
+        return tokens.mean(1) if self.config.router_input == "tokens" else tokens[:, 0]
+
+    def router_input(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        """The frozen router input of a batch, from the query cache when it is on: (B, D)."""
+
+        def compute(images: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self.summarise(self.backbone(images))
+
+        if self.query_cache is not None and index is not None and self.training:
+            return self.query_cache(x, index, compute)
+        return compute(x)
+
+    def scores(self, u: Tensor, tasks: Tensor | None, penalised: bool = True) -> Tensor:
+        """s~ = u W_t / sqrt(d) - phi(H^t) with router t = tasks[i] per sample, or (None) the
+        mean over all seen routers: (B, E)."""
+        W = torch.stack(list(self.routers))  # (T, D, E)
+        T = len(W)
+        penalty = torch.stack([self.penalty(t) for t in range(T)]).to(u)  # (T, E)
+        if not penalised:
+            penalty = torch.zeros_like(penalty)
+        if tasks is None:
+            s = torch.einsum("bd,tde->bte", u, W) / math.sqrt(u.shape[1]) - penalty  # (B, T, E)
+            return s.mean(1)
+        return torch.einsum("bd,bde->be", u, W[tasks]) / math.sqrt(u.shape[1]) - penalty[tasks]
+
+    def select(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-K experts (B, K) and their softmax weights (B, K)."""
+        top, idx = scores.topk(self.config.top_k, dim=1)
+        return idx, top.softmax(1)
+
+    def instance_prompts(self, idx: Tensor, weights: Tensor, decay: Tensor | None = None) -> Tensor:
+        """p~ = sum_k w_k p_k per sample: (B, layers, [2,] L, D); ``decay`` scales the experts'
+        gradients (HGM, grad mode)."""
+        pool = torch.stack(list(self.experts))  # (E, ...)
+        if decay is not None:
+            pool = scale_gradient(pool, decay.view(-1, *[1] * (pool.dim() - 1)).to(pool))
+        chosen = pool[idx]  # (B, K, ...)
+        return torch.einsum("bk,bk...->b...", weights, chosen)
+
+    def layer_prompts(self, prompts: Tensor) -> LayerPrompts:
+        split = halves if self.config.prefix == "halves" else per_kv
+        return LayerPrompts(
+            prefix={
+                layer: split(prompts[:, j]) for j, layer in enumerate(self.config.prompt_layers)
+            }
+        )
+
+    def routed_features(
+        self, x: Tensor, u: Tensor, tasks: Tensor | None, train: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Features of x with its routed prompt, the chosen experts (B, K) and weights (B, K).
+        ``train``: the training step's routing (always penalised; HGM in grad mode)."""
+        idx, weights = self.select(self.scores(u, tasks, train or self.config.hdr_at_test))
+        decay = None
+        if train and self.config.hgm_mode == "grad":
+            assert self.task is not None, "begin_task was not called"
+            decay = self.decay(self.task.index)
+        prompts = self.instance_prompts(idx, weights, decay)
+        return self.backbone.encode(x, self.layer_prompts(prompts)), idx, weights
+
+    def task_features(self, x: Tensor, tasks: Tensor) -> Tensor:
+        return self.routed_features(x, self.router_input(x), tasks)[0]
+
+    # -- the contract -------------------------------------------------------------------------
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        t, D, E = task.index, self.backbone.embed_dim, self.config.pool_size
+        device = self.counts.device
+        while len(self.routers) <= t:
+            router = nn.Parameter(torch.empty(D, E, device=device))
+            if self.config.router_init == "previous" and len(self.routers) > 0:
+                router.data.copy_(self.routers[-1])
+            else:
+                nn.init.trunc_normal_(router, std=ROUTER_STD)
+            self.routers.append(router)
+        self.history = torch.cat([self.history[:t], self.counts[None]])  # H^t
+        for i, router in enumerate(self.routers):
+            router.requires_grad_(i == t)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        assert self.task is not None, "begin_task was not called"
+        lr = self.config.lr
+        groups: list[dict[str, Any]] = [{"params": [self.routers[self.task.index]], "lr": lr}]
+        by_factor: dict[float, list[nn.Parameter]] = defaultdict(list)
+        scaled = self.config.hgm_mode == "lr"
+        for expert, factor in zip(self.experts, self.decay(self.task.index).tolist(), strict=True):
+            by_factor[factor if scaled else 1.0].append(expert)
+        groups += [{"params": params, "lr": lr * f} for f, params in sorted(by_factor.items())]
+        groups.append({"params": list(self.head.parameters()), "lr": self.head_lr()})
+        return groups
+
+    def training_step(self, batch: Batch) -> dict[str, Tensor]:
+        assert self.task is not None, "begin_task was not called"
+        u = self.router_input(batch.x, batch.index)  # (B, D)
+        tasks = torch.full((len(u),), self.task.index, device=u.device)
+        features, idx, weights = self.routed_features(batch.x, u, tasks, train=True)
+        with torch.no_grad():
+            used = torch.bincount(idx.flatten(), minlength=self.config.pool_size)
+            self.task_counts += all_reduce_sum(used)
+        out = self.wtp_loss(features, batch.y)
+        out["entropy"] = activation_entropy(weights.detach()).mean()
+        return out
+
+    @torch.no_grad()
+    def end_task(self, task: Task, loader: DataLoader) -> None:
+        self.counts += self.task_counts
+        self.task_counts.zero_()
+        super().end_task(task, loader)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        tokens = self.backbone(x)  # one frozen pass feeds both TII and the routers
+        tasks = (
+            self.tasks_of(self.backbone.pool(tokens))
+            if self.config.router_choice == "tii"
+            else None
+        )
+        return self.head(self.routed_features(x, self.summarise(tokens), tasks)[0])

@@ -1,0 +1,255 @@
+"""Hash: shared-pool routing, HGM, HDR, activation counts across checkpoints, end to end."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import promptcl
+from promptcl.components import backbones
+from promptcl.config import BackboneConfig, build_config, load_config
+from promptcl.engine.checkpoint import config_fingerprint, load
+from promptcl.engine.progress import Console
+from promptcl.engine.trainer import CHECKPOINT, Trainer
+from promptcl.errors import ConfigError
+from promptcl.methods.base import Batch, Task
+from promptcl.methods.hash_prompt import Hash, HashConfig, activation_entropy
+from promptcl.prompts.history import most_activated
+
+TASKS = [Task(0, 0, 3, 2), Task(1, 3, 6, 2)]
+
+
+def tiny_method(**overrides) -> Hash:
+    """Hash on the random 2-block tiny ViT, 2 tasks of 3 classes; everything short."""
+    torch.manual_seed(0)
+    backbone = backbones.get("tiny-vit")(BackboneConfig(name="tiny-vit", pretrained=False))
+    cfg = dict(
+        prompt_layers=[0, 1], batch_size=8, tii_epochs=1, crct_epochs=1, n_centroids=2, **overrides
+    )
+    return Hash(HashConfig(**cfg), backbone, [f"c{i}" for i in range(6)])
+
+
+def task_batch(task: Task, n: int = 12) -> Batch:
+    g = torch.Generator().manual_seed(task.index)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.arange(task.start, task.end).repeat(n // (task.end - task.start))
+    return Batch(x, y, torch.arange(n))
+
+
+def loader(task: Task) -> DataLoader:
+    return DataLoader(TensorDataset(*task_batch(task)), batch_size=4)
+
+
+def at_task_one(method: Hash, counts: list[int]) -> Hash:
+    """Task 0 done with the given activation history, task 1 begun."""
+    method.begin_task(TASKS[0])
+    method.counts.copy_(torch.tensor(counts))
+    method.begin_task(TASKS[1])
+    method.train()
+    return method
+
+
+def test_most_activated_set_is_the_top_counts_and_empty_before_any_use():
+    assert most_activated(torch.zeros(4, dtype=torch.long), 2).tolist() == [False] * 4
+    counts = torch.tensor([3, 9, 0, 9, 1])
+    assert most_activated(counts, 2).tolist() == [False, True, False, True, False]
+    assert most_activated(torch.tensor([0, 5, 0]), 2).tolist() == [False, True, False]
+
+
+def test_instance_prompt_is_the_softmax_weighted_sum_of_the_top_k_experts():
+    method = tiny_method(pool_size=4, top_k=2, hdr="none")
+    method.begin_task(TASKS[0])
+    scores = torch.tensor([[0.0, 2.0, 1.0, -1.0], [3.0, 0.0, 0.0, 4.0]])
+    idx, w = method.select(scores)
+    assert idx.tolist() == [[1, 2], [3, 0]]
+    torch.testing.assert_close(w[0], torch.softmax(torch.tensor([2.0, 1.0]), 0))
+    prompts = method.instance_prompts(idx, w)  # (2, layers, L, D)
+    expected = w[1, 0] * method.experts[3] + w[1, 1] * method.experts[0]
+    torch.testing.assert_close(prompts[1], expected)
+    torch.testing.assert_close(
+        activation_entropy(torch.tensor([[0.5, 0.5]])), torch.tensor([0.6931]), atol=1e-4, rtol=0
+    )
+
+
+def expert_grads(method: Hash, batch: Batch) -> list[torch.Tensor]:
+    method.zero_grad()
+    method.training_step(batch)["loss"].backward()
+    return [p.grad.clone() for p in method.experts]
+
+
+def test_hgm_scales_exactly_the_most_activated_experts_gradients_by_beta():
+    counts = [5, 0, 9, 1]  # A_t = {2, 0} with hot_experts = top_k = 2
+    base = dict(pool_size=4, top_k=2, hdr="none", hgm_mode="grad", hgm_beta=0.25)
+    plain = at_task_one(tiny_method(**base, hgm="none"), counts)
+    modulated = at_task_one(tiny_method(**base, hgm="top-k"), counts)
+    batch = task_batch(TASKS[1], n=24)
+    g_plain, g_mod = expert_grads(plain, batch), expert_grads(modulated, batch)
+    for e in range(4):
+        assert g_plain[e].abs().sum() > 0, f"expert {e} was never selected; the test needs all"
+        if e in (0, 2):
+            assert torch.equal(g_mod[e], 0.25 * g_plain[e])
+        else:
+            assert torch.equal(g_mod[e], g_plain[e])
+
+
+def test_hgm_lr_mode_gives_the_most_activated_experts_beta_times_the_lr():
+    method = at_task_one(tiny_method(pool_size=4, top_k=2, hgm_beta=0.5, lr=0.01), [5, 0, 9, 1])
+    lr_of = {id(p): g["lr"] for g in method.param_groups() for p in g["params"]}
+    assert [lr_of[id(p)] for p in method.experts] == [0.005, 0.01, 0.005, 0.01]
+    assert lr_of[id(method.routers[1])] == 0.01 and id(method.routers[0]) not in lr_of
+    # One Adam step from the same state: the hot experts move by exactly half as much.
+    plain = at_task_one(tiny_method(pool_size=4, top_k=2, hgm="none", lr=0.01), [5, 0, 9, 1])
+    moves = []
+    for m in (method, plain):
+        before = [p.detach().clone() for p in m.experts]
+        opt = torch.optim.Adam(m.param_groups(), lr=0.01)
+        m.training_step(task_batch(TASKS[1], n=24))["loss"].backward()
+        opt.step()
+        moves.append([p.detach() - b for p, b in zip(m.experts, before, strict=True)])
+    for e in range(4):
+        factor = 0.5 if e in (0, 2) else 1.0
+        torch.testing.assert_close(moves[0][e], factor * moves[1][e], rtol=1e-4, atol=1e-9)
+
+
+def test_hdr_moves_routing_away_from_a_dominant_expert():
+    def routed(hdr: str) -> torch.Tensor:
+        method = at_task_one(
+            tiny_method(pool_size=4, top_k=2, hdr=hdr, hdr_delta=1e3), [50, 0, 0, 40]
+        )
+        with torch.no_grad():  # router 1 prefers expert 0, then 3, for every input
+            method.routers[1].zero_()
+            method.routers[1][:, 0] = 1.0
+            method.routers[1][:, 3] = 0.5
+        batch = task_batch(TASKS[1])
+        u = method.router_input(batch.x)
+        u = u.abs()  # positive inputs, so the preference holds sample by sample
+        tasks = torch.ones(len(u), dtype=torch.long)
+        return method.select(method.scores(u, tasks))[0]
+
+    assert (routed("none").sort(1).values == torch.tensor([0, 3])).all()
+    assert (routed("top-k").sort(1).values == torch.tensor([1, 2])).all()
+
+
+def test_counts_record_every_top_k_choice_and_join_the_history_at_the_end_of_the_task():
+    method = tiny_method(pool_size=4, top_k=2)
+    method.begin_task(TASKS[0])
+    method.train()
+    for _ in range(3):
+        method.training_step(task_batch(TASKS[0]))
+    assert int(method.task_counts.sum()) == 3 * 12 * 2 and int(method.counts.sum()) == 0
+    seen = method.task_counts.clone()
+    method.eval()
+    method.end_task(TASKS[0], loader(TASKS[0]))
+    method.begin_task(TASKS[1])
+    assert torch.equal(method.counts, seen) and int(method.task_counts.sum()) == 0
+    assert torch.equal(method.history[0], torch.zeros(4, dtype=torch.long))
+    assert torch.equal(method.history[1], seen)
+
+
+def test_only_experts_current_router_and_head_learn_and_the_backbone_is_unchanged():
+    method = tiny_method()
+    backbone_before = copy.deepcopy(method.backbone.state_dict())
+    for task in TASKS:
+        method.begin_task(task)
+        method.train()
+        method.zero_grad()
+        method.training_step(task_batch(task))["loss"].backward()
+        with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
+        assert {n.split(".")[0] for n in with_grad} == {"experts", "routers", "head"}
+        assert {n for n in with_grad if n.startswith("routers")} == {f"routers.{task.index}"}
+        method.eval()
+        method.end_task(task, loader(task))
+    after = method.backbone.state_dict()
+    assert all(torch.equal(backbone_before[k], after[k]) for k in backbone_before)
+
+
+def test_bad_pool_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="top_k 9 exceeds pool_size 8"):
+        build_config({"method": {"name": "hash", "top_k": 9}})
+    with pytest.raises(ConfigError, match="hdr 'lol' is not one of"):
+        build_config({"method": {"name": "hash", "hdr": "lol"}})
+
+
+# --- end to end on the synthetic benchmark ------------------------------------------------------
+
+STREAM = {"name": "synth-shapes-10", "task_sizes": [10, 10, 10], "subsample": 20, "augment": False}
+HASH = {  # a few epochs and steps on the CPU, hence larger learning rates than the defaults
+    "name": "hash",
+    "epochs": 2,
+    "batch_size": 32,
+    "lr": 0.03,
+    "tii_lr": 1e-3,
+    "tii_ca_lr": 0.005,
+    "crct_epochs": 5,
+}
+
+
+def synth_run(method: dict, out) -> dict:
+    return {
+        "seed": 0,
+        "data": STREAM,
+        "backbone": {"name": "tiny-synth-vit"},
+        "method": method,
+        "train": {"eval_batch_size": 256},
+        "output": {"dir": str(out)},
+    }
+
+
+@pytest.fixture(scope="module")
+def hash_run(tmp_path_factory):
+    return promptcl.run(synth_run(HASH, tmp_path_factory.mktemp("hash") / "run"), quiet=True)
+
+
+def test_hash_beats_finetune_and_forgets_less(hash_run, tmp_path):
+    finetune = {"name": "finetune", "epochs": 3, "batch_size": 16, "lr": 1e-4}
+    ft = promptcl.run(synth_run(finetune, tmp_path / "ft"), quiet=True)
+    assert ft.metrics["fm"] > 30  # the lower bound forgets
+    assert hash_run.metrics["faa"] >= ft.metrics["faa"] + 20
+    assert hash_run.metrics["fm"] <= ft.metrics["fm"] - 15
+    assert hash_run.metrics["faa"] > 100 / 30 * 10  # ten times chance over 30 classes
+
+
+class StopAt(Console):
+    """Interrupts a run when epoch ``epoch`` of task ``task`` is about to start."""
+
+    def __init__(self, task: int, epoch: int):
+        super().__init__(quiet=True)
+        self.at = (task, epoch)
+
+    def epoch(self, task, epoch, epochs, steps):
+        if (task, epoch) == self.at:
+            raise KeyboardInterrupt
+        return super().epoch(task, epoch, epochs, steps)
+
+
+def test_activation_counts_survive_a_mid_task_checkpoint_and_resume(hash_run, tmp_path):
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(build_config(synth_run(HASH, out)), StopAt(task=1, epoch=1)).run()
+    fingerprint = config_fingerprint(build_config(synth_run(HASH, out)))
+    saved = load(out / CHECKPOINT, "hash", fingerprint)
+    assert int(saved["method"]["task_counts"].sum()) > 0  # task 1's counts so far were saved
+    resumed = promptcl.resume(out, quiet=True)
+    np.testing.assert_array_equal(resumed.accuracy, hash_run.accuracy)
+    final = load(out / CHECKPOINT, "hash", fingerprint)
+    full = load(hash_run.run_dir / CHECKPOINT, "hash", config_fingerprint(hash_run.config))
+    for key in ("counts", "history"):
+        assert torch.equal(final["method"][key], full["method"][key])
+    assert int(full["method"]["counts"].sum()) == 3 * 200 * 2 * 2  # tasks x samples x epochs x K
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "imagenet-r", "synth-shapes-10"])
+@pytest.mark.parametrize("row", ["", "_pool-only", "_hdr", "_hgm"])
+def test_shipped_ablation_configs_load(dataset, row):
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    method = load_config(configs / f"hash_{dataset}{row}.yaml").method
+    hdr, hgm = {
+        "": ("top-k", "top-k"),
+        "_pool-only": ("none", "none"),
+        "_hdr": ("top-k", "none"),
+        "_hgm": ("none", "top-k"),
+    }[row]
+    assert (method.name, method.hdr, method.hgm) == ("hash", hdr, hgm)
