@@ -133,6 +133,15 @@ def test_hdr_moves_routing_away_from_a_dominant_expert():
     assert (routed("top-k").sort(1).values == torch.tensor([1, 2])).all()
 
 
+def test_without_task_inference_the_routers_scores_are_averaged():
+    method = at_task_one(tiny_method(pool_size=4, router_choice="mean"), [5, 0, 9, 1])
+    method.eval()
+    u = method.router_input(task_batch(TASKS[1]).x)  # (12, D)
+    per_task = [method.scores(u, torch.full((len(u),), t)) for t in (0, 1)]
+    torch.testing.assert_close(method.scores(u, None), (per_task[0] + per_task[1]) / 2)
+    assert method.predict(task_batch(TASKS[1]).x).shape == (12, 6)
+
+
 def test_counts_record_every_top_k_choice_and_join_the_history_at_the_end_of_the_task():
     method = tiny_method(pool_size=4, top_k=2)
     method.begin_task(TASKS[0])

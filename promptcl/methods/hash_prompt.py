@@ -40,6 +40,11 @@ features to pick R_t^ per sample, and HiDe's task-adaptive prediction (head alig
 replay of class statistics), as in ``task_inference.py``; ``router_choice: mean`` averages the
 scores of all seen routers instead (no task inference for routing).
 
+Measured on synth-shapes-10 (``benchmarks/hash_ablation.py``; the closing note of issue 5 has the
+table): HGM touches only A_t's experts, so when delta exceeds the spread of a router's scores HDR
+never selects them and HGM has nothing left to modulate (the full method then equals + HDR); and
+``hgm_mode: grad`` under Adam ends within 0.1 FAA of the pool without HGM, as argued above.
+
 Defaults. [seed]: ViT-B/16 Sup-21K, Adam (0.9, 0.999), batch 128, instance-level selection in
 training and inference. [inferred]: E = 8 experts, Top-2, L_p = 10 (5 key + 5 value tokens, the
 prefix size of HiDe's L = 5; with 8 experts the pool plus routers stays smaller than HiDe's ten
