@@ -25,7 +25,10 @@ def run(
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
     quiet: Annotated[bool, typer.Option(help="print only the final metrics")] = False,
 ) -> None:
-    """Train a method task by task and write a run directory (config, accuracy matrix, metrics, logs)."""
+    """Train a method task by task and write a run directory (config, accuracy matrix, metrics, logs).
+
+    Several processes: `torchrun --nproc-per-node N -m promptcl run CONFIG`.
+    """
     from promptcl.config import load_config
 
     try:
@@ -40,8 +43,11 @@ def run(
     except PromptCLError as err:
         Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
-    metrics = "  ".join(f"{k.upper()} {v:.2f}" for k, v in result.metrics.items())
-    typer.echo(f"{metrics}\nrun directory: {result.run_dir}")
+    from promptcl.engine.distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun, one process speaks
+        metrics = "  ".join(f"{k.upper()} {v:.2f}" for k, v in result.metrics.items())
+        typer.echo(f"{metrics}\nrun directory: {result.run_dir}")
 
 
 @app.command()
