@@ -57,7 +57,8 @@ Departures from the official code:
    official ``step(epoch)`` call after each epoch, epochs 31..49 run at 0.1 lr); our trainer has
    no step schedule, so the default is constant [inferred nearest]. ImageNet-R's timm cosine
    has min lr 1e-5; ours decays to 0.
-3. The official L_cr is computed per GPU (24 features + prototypes); here over the whole batch.
+3. The official L_cr is computed per GPU (24 features + prototypes); here over the whole batch
+   in one process, and per process (over its B/W features) when several processes train.
 4. k-means is a deterministic torch implementation (official: scikit-learn, unseeded).
 5. The alignment draws only the samples it trains on (same distribution as drawing all and
    taking a shuffled prefix, see ``align_head``).
@@ -74,6 +75,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.engine import distributed
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod, check_layers
 from promptcl.prompts.gaussian import ClassStats, Mode, align_head
@@ -284,7 +286,10 @@ class HiDePrompt(PromptMethod):
         )
 
     def _task_features(self, t: int, loader: DataLoader) -> tuple[Tensor, Tensor, Tensor]:
-        """Un-instructed q(x) and instructed f(x; P_t) features of the task's training data."""
+        """Un-instructed q(x) and instructed f(x; P_t) features of the task's training data.
+
+        With several processes each reads its block of the data and the blocks are gathered in
+        order, so every process fits the statistics and trains the TII on the same features."""
         device = self.head.weight.device
         plain, prompted, labels = [], [], []
         for x, y, *_ in loader:
@@ -292,7 +297,8 @@ class HiDePrompt(PromptMethod):
             plain.append(self.query(x))
             prompted.append(self.features(x, self.prompts[t]))
             labels.append(y.to(device))
-        return torch.cat(plain), torch.cat(prompted), torch.cat(labels)
+        gather = distributed.all_gather_cat
+        return gather(torch.cat(plain)), gather(torch.cat(prompted)), gather(torch.cat(labels))
 
     def _train_tii(self, features: Tensor, labels: Tensor, g: torch.Generator) -> None:
         """The TII stage for one task: Adam, CE over the task's classes, clipped gradients."""
