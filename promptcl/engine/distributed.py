@@ -65,11 +65,15 @@ def launched(device: str) -> Iterator[None]:
         yield
         return
     if not dist.is_available():
-        raise ConfigError("torchrun started several processes, but this torch has no distributed support")
+        raise ConfigError(
+            "torchrun started several processes, but this torch has no distributed support"
+        )
     cuda = torch.device(device).type == "cuda"
     if cuda:
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={device!r} but CUDA is not available: use train.device=cpu")
+            raise ConfigError(
+                f"train.device={device!r} but CUDA is not available: use train.device=cpu"
+            )
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
@@ -157,7 +161,9 @@ def check_same(state: dict[str, Tensor], what: str) -> None:
         sums.append(torch.stack([flat.nan_to_num().sum(), (flat.nan_to_num() * ramp).sum()]))
     mine = torch.stack(sums).cpu()  # (tensors, 2)
     ranks = all_gather_cat(mine.unsqueeze(0))  # (world, tensors, 2)
-    differ = [k for k, same in zip(state, (ranks == ranks[:1]).all(0).all(1), strict=True) if not same]
+    differ = [
+        k for k, same in zip(state, (ranks == ranks[:1]).all(0).all(1), strict=True) if not same
+    ]
     if differ:
         raise RuntimeError(
             f"{what}: the processes hold different values of {differ[:5]}. A method's end_task "

@@ -57,7 +57,12 @@ class ShardedBatches(Sampler[list[int]]):
     """
 
     def __init__(
-        self, order: list[int], batch_size: int, world: int = 1, rank: int = 0, fill_empty: bool = False
+        self,
+        order: list[int],
+        batch_size: int,
+        world: int = 1,
+        rank: int = 0,
+        fill_empty: bool = False,
     ):
         self.order, self.batch_size, self.world, self.rank = order, batch_size, world, rank
         self.fill_empty = fill_empty
