@@ -2,8 +2,8 @@
 
 For L2P and CODA-Prompt on synth-shapes-10 with tiny-synth-vit (their configs in ``configs/``,
 augmentation off so that the query cache is exact), with and without the query cache: training
-and evaluation samples/s, and the ratio of each to the floor measured in the same process
-(``promptcl.engine.bench``). Prints a markdown table; ``--json`` writes every measurement.
+and evaluation samples/s, the ratio of each to the floor measured in the same process
+(``promptcl.engine.bench``), and the peak memory a training step adds (``bench``'s docstring). Prints a markdown table; ``--json`` writes every measurement.
 
     python benchmarks/bench_prompt_methods.py [--methods l2p coda_prompt] [--steps 10]
         [--rounds 5] [--json bench.json] [--set train.precision=bf16 ...]
@@ -41,7 +41,8 @@ def main() -> None:
     results = []
     print(
         "| method | query cache | batch | train samples/s (floor) | train ratio "
-        "| eval samples/s (floor) | eval ratio |\n|---|---|---|---|---|---|---|"
+        "| eval samples/s (floor) | eval ratio | train peak MB (floor) |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     for name in args.methods:
         for cache in (False, True):
@@ -57,7 +58,8 @@ def main() -> None:
                 f"| {method['train_samples_per_s']:.0f} ({floor['train_samples_per_s']:.0f}) "
                 f"| {r['train_ratio']:.2f}x "
                 f"| {method['eval_samples_per_s']:.0f} ({floor['eval_samples_per_s']:.0f}) "
-                f"| {r['eval_ratio']:.2f}x |",
+                f"| {r['eval_ratio']:.2f}x "
+                f"| {method['train_peak_mb']:.0f} ({floor['train_peak_mb']:.0f}) |",
                 flush=True,
             )
     if args.json is not None:

@@ -172,15 +172,6 @@ def check_same(state: dict[str, Tensor], what: str) -> None:
         )
 
 
-def broadcast_rng_state() -> None:
-    """Give every rank rank 0's CPU RNG state (used after loading a checkpoint)."""
-    if not is_distributed():
-        return
-    state = torch.get_rng_state().to(_comm_device())
-    dist.broadcast(state, src=0)
-    torch.set_rng_state(state.cpu())
-
-
 # -- data parallelism -------------------------------------------------------------------------
 class TrainStep(nn.Module):
     """A module whose forward is ``method.training_step``, for DistributedDataParallel.
