@@ -40,7 +40,7 @@ def test_fp16_on_the_cpu_is_refused_with_the_fix(tiny_run):
         build_config(tiny_run(METHOD, train={"precision": "fp16"}))
 
 
-def test_compile_compiles_the_backbone_and_does_not_change_the_run_identity(tiny_run):
+def test_compile_compiles_the_backbone_and_only_precision_changes_the_run_identity(tiny_run):
     """Only the wiring: compiling on the CPU takes about a minute (measured in `promptcl bench`)."""
     config = build_config(tiny_run(METHOD, train={"compile": True}))
     trainer = Trainer(config, Console(quiet=True))
@@ -48,3 +48,5 @@ def test_compile_compiles_the_backbone_and_does_not_change_the_run_identity(tiny
     assert "backbone._orig_mod" not in str(list(trainer.method.state_dict()))
     plain = build_config(tiny_run(METHOD))
     assert checkpoint.config_fingerprint(config) == checkpoint.config_fingerprint(plain)
+    bf16 = build_config(tiny_run(METHOD, train={"precision": "bf16"}))
+    assert checkpoint.config_fingerprint(bf16) != checkpoint.config_fingerprint(plain)

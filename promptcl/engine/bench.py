@@ -279,14 +279,18 @@ def table(result: dict[str, Any]) -> Table:
         table.add_column(column, justify="right" if column else "left")
 
     def fmt(value: float | None, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
+        if value is None:
+            return "n/a"
+        if spec == "rate":  # three significant figures, without an exponent
+            spec = ".0f" if value >= 100 else ".1f" if value >= 10 else ".2f"
+        return format(value, spec)
 
     for who, label in (("floor", "floor (bare fwd+bwd)"), ("method", result["method"])):
         row = result["results"][who]
         table.add_row(
             label,
-            fmt(row["train_samples_per_s"], ".0f"),
-            fmt(row["eval_samples_per_s"], ".0f"),
+            fmt(row["train_samples_per_s"], "rate"),
+            fmt(row["eval_samples_per_s"], "rate"),
             fmt(row["train_peak_mb"], ".0f"),
             fmt(row["eval_peak_mb"], ".0f"),
         )
