@@ -19,8 +19,11 @@ def run(
 
     ``config`` is a ``RunConfig``, a dict of its sections, or the path of a YAML file; None runs the
     default job. With ``resume`` the run continues from the checkpoint in its ``output.dir``.
+    Under ``torchrun`` every process calls this; they train the run together (DDP) and return
+    the same result, and process 0 writes the run directory.
     """
     from promptcl.config import RunConfig, build_config, load_config
+    from promptcl.engine import distributed
     from promptcl.engine.progress import Console
     from promptcl.engine.trainer import Trainer
 
@@ -28,7 +31,9 @@ def run(
         config = build_config(config)
     elif not isinstance(config, RunConfig):
         config = load_config(config)
-    return Trainer(config, Console(quiet=quiet)).run(resume=resume)
+    with distributed.launched(config.train.device):
+        console = Console(quiet=quiet or not distributed.is_main())
+        return Trainer(config, console).run(resume=resume)
 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> RunResult:

@@ -25,7 +25,10 @@ def run(
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
     quiet: Annotated[bool, typer.Option(help="print only the final metrics")] = False,
 ) -> None:
-    """Train a method task by task and write a run directory (config, accuracy matrix, metrics, logs)."""
+    """Train a method task by task and write a run directory (config, accuracy matrix, metrics, logs).
+
+    Several processes: `torchrun --nproc-per-node N -m promptcl run CONFIG`.
+    """
     from promptcl.config import load_config
 
     try:
@@ -40,8 +43,42 @@ def run(
     except PromptCLError as err:
         Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
-    metrics = "  ".join(f"{k.upper()} {v:.2f}" for k, v in result.metrics.items())
-    typer.echo(f"{metrics}\nrun directory: {result.run_dir}")
+    from promptcl.engine.distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun, one process speaks
+        metrics = "  ".join(f"{k.upper()} {v:.2f}" for k, v in result.metrics.items())
+        typer.echo(f"{metrics}\nrun directory: {result.run_dir}")
+
+
+@app.command()
+def bench(
+    config: Annotated[
+        Path | None, typer.Argument(help="run config (YAML), as for `run`; none = the default job")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="timed steps per round")] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed steps before timing")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="interleaved rounds of floor and method")] = 5,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the result here")] = None,
+) -> None:
+    """Training and evaluation samples/s and peak memory of a method, next to its backbone's bare
+    forward + backward (the floor) measured in the same run, as a ratio."""
+    import json
+
+    from promptcl.config import load_config
+    from promptcl.engine.bench import bench as measure
+    from promptcl.engine.bench import table
+
+    try:
+        result = measure(load_config(config, set_), steps=steps, warmup=warmup, rounds=rounds)
+    except PromptCLError as err:
+        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    Console().print(table(result))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+        typer.echo(f"wrote {json_path}")
 
 
 @app.command()

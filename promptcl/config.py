@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from promptcl.errors import ConfigError
 
@@ -83,6 +91,20 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(256, ge=1, description="evaluation batch size")
     log_every: int = Field(20, ge=1, description="steps between progress-bar updates")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="debug: cut epochs short")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast of forward passes: fp32 (off), bf16, fp16 (CUDA only)"
+    )
+    compile: bool = Field(False, description="torch.compile the backbone's prompted forward")
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> TrainConfig:
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"precision fp16 needs a CUDA device (fp16 autocast with a GradScaler), but device "
+                f"is {self.device!r}: use train.precision=bf16 on the CPU (it works, but is usually "
+                "slower than fp32 there) or train.precision=fp32"
+            )
+        return self
 
 
 class OutputConfig(Strict):

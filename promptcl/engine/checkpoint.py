@@ -26,10 +26,12 @@ FORMAT_VERSION = 1
 
 
 def config_fingerprint(config: RunConfig) -> str:
-    """Hash of everything that changes what a run computes (not where it writes or its device)."""
-    shaping = config.model_dump(
-        mode="json", exclude={"output": True, "train": {"device", "num_workers", "log_every"}}
-    )
+    """Hash of everything that changes what a run computes (not where it writes, its device, or
+    how many processes run it: a run may be resumed with another world size)."""
+    ignored = {"device", "num_workers", "log_every", "compile"}
+    if config.train.precision == "fp32":  # the default: runs from before the field still resume
+        ignored.add("precision")
+    shaping = config.model_dump(mode="json", exclude={"output": True, "train": ignored})
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,7 +1,8 @@
 """Evaluation without task identity, and the accuracy matrix from stored predictions.
 
 After task t the test sets of tasks 0..t are pooled and read in shuffled batches, so that every
-batch mixes tasks (batch-level tricks cannot act as a task oracle). The method predicts logits over
+batch mixes tasks (batch-level tricks cannot act as a task oracle). Several processes share the
+batches and gather their predictions (``predict``). The method predicts logits over
 all classes; the logits of classes not seen yet are masked; the predictions are stored and the
 accuracy of each task is computed from them.
 """
@@ -15,6 +16,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from promptcl.engine import distributed
+from promptcl.engine.sharding import ShardedBatches, shuffled_order
+from promptcl.engine.step import autocast
+
 
 @torch.no_grad()
 def predict(
@@ -25,18 +30,31 @@ def predict(
     seed: int,
     device: torch.device,
     num_workers: int = 0,
+    precision: str = "fp32",
 ) -> tuple[Tensor, Tensor]:
-    """Predicted and true labels over ``dataset`` read in shuffled batches; both (N,) int64."""
-    generator = torch.Generator().manual_seed(seed)
+    """Predicted and true labels over ``dataset`` read in shuffled batches; both (N,) int64.
+
+    With several processes each predicts its slice of every global batch (``batch_size`` per
+    process) and the predictions are gathered, so every process returns the same two tensors, in
+    the same (shuffled) order as a single process would.
+    """
+    world, rank = distributed.world_size(), distributed.rank()
+    order = shuffled_order(len(dataset), seed)
+    batches = ShardedBatches(order, batch_size * world, world, rank)
+    generator = torch.Generator().manual_seed(seed)  # seeds workers; keeps the global RNG untouched
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
+        dataset, batch_sampler=batches, generator=generator, num_workers=num_workers
     )
-    preds, targets = [], []
+    preds, targets = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
     for x, y, *_ in loader:
-        logits = predict_fn(x.to(device))[:, :seen_classes]  # (B, seen): unseen classes masked
+        with autocast(precision, device):
+            logits = predict_fn(x.to(device))[:, :seen_classes]  # (B, seen): unseen masked
         preds.append(logits.argmax(dim=1).cpu())
         targets.append(y)
-    return torch.cat(preds), torch.cat(targets)
+    mine = torch.stack([torch.tensor(batches.positions()), torch.cat(preds), torch.cat(targets)], 1)
+    everything = distributed.all_gather_cat(mine)  # (N, 3): position, prediction, target
+    everything = everything[everything[:, 0].argsort()]
+    return everything[:, 1].contiguous(), everything[:, 2].contiguous()
 
 
 def task_accuracies(preds: Tensor, targets: Tensor, task_ends: list[int]) -> list[float]:

@@ -25,7 +25,13 @@ class Console:
     def __init__(self, quiet: bool = False):
         self.rich = rich.console.Console(stderr=True, quiet=quiet)
 
-    def header(self, config, scenario, resumed_at: tuple[int, int] | None = None) -> None:
+    def header(
+        self,
+        config,
+        scenario,
+        resumed_at: tuple[int, int] | None = None,
+        world: tuple[int, str | None] = (1, None),
+    ) -> None:
         sizes = scenario.task_sizes
         split = (
             f"{sizes[0]} + {len(sizes) - 1}x{sizes[1]}"
@@ -41,6 +47,16 @@ class Console:
                 "[bold red]TASK-ORACLE:[/] batch-wise prompt voting at test time uses the batch's "
                 "majority task; these numbers are not class-incremental results"
             )
+        processes, backend = world
+        if processes > 1:
+            batch = config.method.batch_size
+            self.rich.print(
+                f"{processes} processes ({backend}): global batch {batch} = "
+                f"{processes} x {batch // processes}"
+            )
+        if config.train.precision != "fp32" or config.train.compile:
+            compiled = ", backbone compiled" if config.train.compile else ""
+            self.rich.print(f"precision {config.train.precision}{compiled}")
         if resumed_at is not None:
             self.rich.print(f"resuming at task {resumed_at[0]}, epoch {resumed_at[1]}")
 

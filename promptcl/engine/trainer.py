@@ -4,10 +4,25 @@ Resume is exact on CPU: the checkpoint after each epoch holds the method, optimi
 RNG states; data order comes from a generator seeded by (seed, task, epoch). On resume the method
 is rebuilt, ``begin_task`` is replayed for tasks 0..t (so parameters of the right shapes exist),
 then the saved state is loaded over it.
+
+Several processes (``torchrun``, see ``promptcl.engine.distributed``) train one run together:
+each reads its slice of every global batch (``promptcl.engine.sharding``), gradients are averaged
+by DistributedDataParallel, each process computes end-of-task statistics on its block of the
+task's data and the methods reduce them, predictions are gathered, and only process 0 writes the
+run directory. ``method.batch_size`` is the global batch: W processes with B/W samples each take
+the steps one process takes with B. A checkpoint holds the position (task, epoch) and one copy of
+the state, so a run may be resumed with another number of processes.
+
+Randomness with several processes: the shared RNG streams (python, numpy, torch: seeded by
+``seed``, saved in checkpoints, restored on every process) drive everything outside the training
+epochs, identically on every process. Inside a training epoch each process draws from its own
+torch stream seeded by (seed, task, epoch, rank) (data augmentation, dropout), forked off the
+shared one, which is left untouched; with one process there is no fork.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -18,17 +33,19 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from promptcl import metrics
 from promptcl.components import backbones, datasets, methods
 from promptcl.config import RunConfig
 from promptcl.data.base import image_transforms
 from promptcl.data.scenario import Scenario
-from promptcl.engine import checkpoint
+from promptcl.engine import checkpoint, distributed
 from promptcl.engine.evaluate import predict, task_accuracies
 from promptcl.engine.optim import build_optimizer, build_schedule
 from promptcl.engine.progress import Console
+from promptcl.engine.sharding import ShardedBatches, contiguous_shard, shuffled_order
+from promptcl.engine.step import Stepper, compile_backbone
 from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Method, Task
 
@@ -74,7 +91,15 @@ class Trainer:
     def __init__(self, config: RunConfig, console: Console | None = None):
         self.config = config
         self.run_dir = config.output.dir or default_run_dir(config)
-        self.device = torch.device(config.train.device)
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        if config.method.batch_size % self.world:
+            raise ConfigError(
+                f"method.batch_size={config.method.batch_size} is the global batch and must split "
+                f"evenly among the {self.world} processes: set it to a multiple of {self.world} "
+                f"(e.g. {config.method.batch_size // self.world * self.world or self.world}), or "
+                "change --nproc-per-node"
+            )
+        self.device = distributed.device_for(config.train.device)
         self.console = console or Console()
         seed_everything(config.seed)
 
@@ -90,6 +115,8 @@ class Trainer:
         self.method: Method = method_cls(config.method, backbone, self.scenario.class_names()).to(
             self.device
         )
+        if config.train.compile:
+            compile_backbone(self.method)
         T = self.scenario.num_tasks
         self.accuracy = np.full((T, T), np.nan)
         self.fingerprint = checkpoint.config_fingerprint(config)
@@ -109,7 +136,10 @@ class Trainer:
         else:
             self._prepare_run_dir()
         self.console.header(
-            self.config, self.scenario, resumed_at=(start_task, start_epoch) if resume else None
+            self.config,
+            self.scenario,
+            resumed_at=(start_task, start_epoch) if resume else None,
+            world=(self.world, distributed.backend()),
         )
         for t in range(start_task, self.scenario.num_tasks):
             task = self.task(t)
@@ -120,9 +150,8 @@ class Trainer:
                 task, start_epoch if t == start_task else 0, saved if mid_task else None
             )
             self.method.eval()
-            self.method.end_task(
-                task, self._loader(self.scenario.train_eval_view(t), shuffle=False)
-            )
+            self.method.end_task(task, self._shard_loader(self.scenario.train_eval_view(t)))
+            distributed.check_same(self._method_state(), f"after end_task of task {t}")
             self._evaluate(t)
             self._save(t, None)
             self.console.task_summary(t, self.accuracy, self._metrics(t))
@@ -135,41 +164,41 @@ class Trainer:
             return
         optimizer = build_optimizer(groups, cfg)
         schedule = build_schedule(optimizer, cfg)
+        stepper = Stepper(self.method, optimizer, self.config, self.device)
         if saved is not None:
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
+            stepper.load_state_dict(saved.get("scaler", {}))
         dataset = self.scenario.train_view(task.index, cumulative=self.method.cumulative_data)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
         for epoch in range(first_epoch, cfg.epochs):
             self.method.train()
-            loader = self._loader(
-                dataset,
-                shuffle=True,
-                seed=derive_seed(self.config.seed, task.index, epoch),
-                batch_size=cfg.batch_size,
+            seed = derive_seed(self.config.seed, task.index, epoch)
+            batches = ShardedBatches(
+                shuffled_order(len(dataset), seed), cfg.batch_size, self.world, self.rank, True
             )
+            shares = batches.shares()
+            loader = self._batch_loader(dataset, batches, seed)
             totals: dict[str, float] = {}
             seen, began = 0, time.perf_counter()
-            with self.console.epoch(task.index, epoch, cfg.epochs, len(loader)) as bar:
+            with (
+                self._rank_rng(task.index, epoch),
+                self.console.epoch(task.index, epoch, cfg.epochs, len(loader)) as bar,
+            ):
                 for step, (x, y, index) in enumerate(loader):
                     if step == self.config.train.max_steps_per_epoch:
                         break
-                    losses = self.method.training_step(
-                        Batch(x.to(self.device), y.to(self.device), index.to(self.device))
-                    )
-                    optimizer.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
-                    if cfg.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
-                    seen += len(y)
+                    batch = Batch(x.to(self.device), y.to(self.device), index.to(self.device))
+                    losses = stepper(batch, shares[step])
+                    real = len(y) if shares[step] > 0 else 0  # a filler sample counts for nothing
+                    seen += real
                     for k, v in losses.items():
-                        totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(y)
+                        totals[k] = totals.get(k, 0.0) + float(v.detach()) * real
                     bar.update(
                         loss=float(losses["loss"].detach()),
                         lr=optimizer.param_groups[0]["lr"],
-                        rate=seen / (time.perf_counter() - began),
+                        rate=seen * self.world / (time.perf_counter() - began),
                     )
+            seen, totals = self._sum_over_processes(seen, totals)
             record = {
                 "task": task.index,
                 "epoch": epoch,
@@ -180,7 +209,30 @@ class Trainer:
             }
             schedule.step()
             self._log(record)
-            self._save(task.index, epoch + 1, optimizer, schedule)
+            self._save(task.index, epoch + 1, optimizer, schedule, stepper.state_dict())
+
+    @contextlib.contextmanager
+    def _rank_rng(self, task: int, epoch: int):
+        """With several processes, a torch RNG stream of this process's own for the epoch."""
+        if self.world == 1:
+            yield
+            return
+        devices = [self.device.index] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derive_seed(self.config.seed, task, epoch, self.rank))
+            yield
+
+    def _sum_over_processes(
+        self, seen: int, totals: dict[str, float]
+    ) -> tuple[int, dict[str, float]]:
+        """The epoch's sample count and loss sums over every process (for the log)."""
+        if self.world == 1:
+            return seen, totals
+        keys = sorted(totals)
+        summed = distributed.all_reduce_sum(
+            torch.tensor([seen, *(totals[k] for k in keys)], dtype=torch.float64)
+        ).tolist()
+        return int(summed[0]), dict(zip(keys, summed[1:], strict=True))
 
     def _evaluate(self, t: int) -> None:
         _, seen = self.scenario.class_range(t)
@@ -192,9 +244,12 @@ class Trainer:
             derive_seed(self.config.seed, t, 10**6),
             self.device,
             self.config.train.num_workers,
+            self.config.train.precision,
         )
         ends = [self.scenario.class_range(i)[1] for i in range(t + 1)]
         self.accuracy[: t + 1, t] = task_accuracies(preds, targets, ends)
+        if not distributed.is_main():
+            return
         out = self.run_dir / "predictions"
         out.mkdir(exist_ok=True)
         save_file(
@@ -221,15 +276,24 @@ class Trainer:
         (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not distributed.is_main():
+            return
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _prepare_run_dir(self) -> None:
+        """Every process checks (so that all raise the same error); process 0 writes."""
         if (self.run_dir / CHECKPOINT).exists() and not self.config.output.overwrite:
             raise ConfigError(
                 f"{self.run_dir} already holds a run: resume it with `promptcl run --resume {self.run_dir}`, "
                 "or set output.overwrite=true, or choose another output.dir"
             )
+        distributed.barrier()
+        if distributed.is_main():
+            self._clear_run_dir()
+        distributed.barrier()
+
+    def _clear_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("log.jsonl", "accuracy_matrix.csv", "metrics.json", CHECKPOINT):
             (self.run_dir / stale).unlink(missing_ok=True)
@@ -250,9 +314,17 @@ class Trainer:
             state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
         return state
 
-    def _save(self, task: int, epochs_done: int | None, optimizer=None, schedule=None) -> None:
-        """``epochs_done=None`` marks the task finished (end_task and evaluation done)."""
-        if not self.config.output.checkpoint:
+    def _save(
+        self,
+        task: int,
+        epochs_done: int | None,
+        optimizer=None,
+        schedule=None,
+        scaler: dict[str, Any] | None = None,
+    ) -> None:
+        """``epochs_done=None`` marks the task finished (end_task and evaluation done). Process 0
+        writes; the state is the same on every process."""
+        if not self.config.output.checkpoint or not distributed.is_main():
             return
         payload: dict[str, Any] = {
             "method_name": self.config.method.name,
@@ -265,6 +337,8 @@ class Trainer:
         if optimizer is not None:
             payload["optimizer"] = optimizer.state_dict()
             payload["schedule"] = schedule.state_dict()
+            if scaler:
+                payload["scaler"] = scaler
         checkpoint.save(self.run_dir / CHECKPOINT, payload)
 
     def _restore(self, saved: dict[str, Any]) -> tuple[int, int]:
@@ -283,14 +357,24 @@ class Trainer:
             return task + 1, 0
         return task, epochs_done
 
-    def _loader(
-        self, dataset, shuffle: bool, seed: int = 0, batch_size: int | None = None
-    ) -> DataLoader:
-        generator = torch.Generator().manual_seed(seed)
+    def _batch_loader(self, dataset: Dataset, batches: ShardedBatches, seed: int) -> DataLoader:
+        """``batches`` of ``dataset``; the generator seeds the loader's workers (per process)."""
+        if self.rank:
+            seed = derive_seed(seed, self.rank)
         return DataLoader(
             dataset,
-            batch_size=batch_size or self.config.train.eval_batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            batch_sampler=batches,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=self.config.train.num_workers,
+        )
+
+    def _shard_loader(self, dataset: Dataset) -> DataLoader:
+        """This process's contiguous block of ``dataset``, in order (end-of-task statistics)."""
+        if self.world > 1:
+            dataset = Subset(dataset, contiguous_shard(len(dataset), self.world, self.rank))
+        return DataLoader(
+            dataset,
+            batch_size=self.config.train.eval_batch_size,
+            generator=torch.Generator().manual_seed(0),
             num_workers=self.config.train.num_workers,
         )

@@ -11,6 +11,13 @@ calls, for each task t:
     predict(x) -> logits             over all classes (unseen ones are masked by the trainer)
 
 Everything a method learns lives in parameters and buffers, so ``state_dict()`` is the method.
+
+Several processes (torchrun): ``training_step`` sees this process's slice of the global batch and
+its gradients are averaged by DDP; nothing to do. ``end_task``'s loader holds only this process's
+contiguous block of the task's data: a method that computes statistics there must combine them
+with ``promptcl.engine.distributed`` (``all_reduce_sum`` for sums and counts, ``all_gather_cat``
+for per-sample features), so that every process ends the task with the same state. The trainer
+checks that it does and stops with an error otherwise. Both are the identity in one process.
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ class Method(nn.Module, ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # Joint training sees the data of every task so far; every other method only the current one.
     cumulative_data: ClassVar[bool] = False
+    # True if a training step may leave some trainable parameter out of the loss (several
+    # processes: DDP must then look for such parameters, see engine.distributed.data_parallel).
+    ddp_find_unused: bool = False
 
     def __init__(self, config: MethodConfig, backbone: Backbone, class_names: list[str]):
         super().__init__()
@@ -78,7 +88,8 @@ class Method(nn.Module, ABC):
 
     @torch.no_grad()
     def end_task(self, task: Task, loader: DataLoader) -> None:
-        """Called once the task's epochs are done. Default: nothing."""
+        """Called once the task's epochs are done; ``loader`` reads this process's block of the
+        task's training data through test-time transforms. Default: nothing."""
 
     @abstractmethod
     def predict(self, x: Tensor) -> Tensor:

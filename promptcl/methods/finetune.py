@@ -38,6 +38,7 @@ class HeadClassifier(Method):
         if config.train_backbone:
             backbone.frozen = False
             backbone.requires_grad_(True)
+            self.ddp_find_unused = True  # e.g. a CLIP's text tower takes no part in the loss
 
     def predict(self, x: Tensor) -> Tensor:
         return self.head(self.backbone.encode(x))  # (B, C)

@@ -138,6 +138,7 @@ class Hash(TaskInferenceMethod):
 
     Config = HashConfig
     config: HashConfig
+    ddp_find_unused = True  # experts outside every sample's Top-K get no gradient in a step
 
     def __init__(self, config: HashConfig, backbone: Backbone, class_names: list[str]):
         super().__init__(config, backbone, class_names)

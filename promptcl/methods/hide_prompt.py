@@ -58,7 +58,8 @@ Departures from the official code:
    official ``step(epoch)`` call after each epoch, epochs 31..49 run at 0.1 lr); our trainer has
    no step schedule, so the default is constant [inferred nearest]. ImageNet-R's timm cosine
    has min lr 1e-5; ours decays to 0.
-3. The official L_cr is computed per GPU (24 features + prototypes); here over the whole batch.
+3. The official L_cr is computed per GPU (24 features + prototypes); here over the whole batch
+   in one process, and per process (over its B/W features) when several processes train.
 4. k-means is a deterministic torch implementation (official: scikit-learn, unseeded).
 5. The alignment draws only the samples it trains on (same distribution as drawing all and
    taking a shuffled prefix, see ``align_head``).

@@ -25,7 +25,8 @@ Defaults and their sources:
 - Head: weights and bias initialised to zero (JAX ``models/vit.py``: ``kernel_init=zeros``).
 - ``train_voting``: in training the JAX code replaces each sample's prompt ids by the batch
   majority (``batchwise_prompt=True`` applies to training too). A training batch holds one task,
-  so this leaks nothing; it is kept.
+  so this leaks nothing; it is kept. With several processes each votes over its own slice of the
+  batch, as the JAX code votes per device (under ``pmap``).
 
 Departures from the official code:
 - Test-time selection is per sample. The JAX config also votes at test time, and its test batches

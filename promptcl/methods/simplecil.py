@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
+from promptcl.engine import distributed
 from promptcl.methods.base import Method, Task
 from promptcl.registry import methods
 
@@ -36,14 +37,20 @@ class SimpleCIL(Method):
 
     @torch.no_grad()
     def end_task(self, task: Task, loader: DataLoader) -> None:
-        sums = torch.zeros_like(self.prototypes)
-        counts = torch.zeros(self.num_classes, device=sums.device)
+        """Class means over the task's data. Sums are accumulated in float64 and summed over
+        processes (each reads its own shard): float64 sums of float32 features are exact in
+        practice, so the prototypes do not depend on the number of processes or the order."""
+        device = self.prototypes.device
+        sums = torch.zeros(self.prototypes.shape, dtype=torch.float64, device=device)
+        counts = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
         for x, y, *_ in loader:
-            y = y.to(sums.device)
-            sums.index_add_(0, y, self.backbone.encode(x.to(sums.device)).float())
+            y = y.to(device)
+            sums.index_add_(0, y, self.backbone.encode(x.to(device)).double())
             counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
+        distributed.all_reduce_sum(sums)
+        distributed.all_reduce_sum(counts)
         seen = counts > 0
-        self.prototypes[seen] = sums[seen] / counts[seen, None]
+        self.prototypes[seen] = (sums[seen] / counts[seen, None]).to(self.prototypes.dtype)
 
     def predict(self, x: Tensor) -> Tensor:
         features = F.normalize(self.backbone.encode(x), dim=-1)  # (B, D)

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone
+from promptcl.engine import distributed
 from promptcl.methods.base import Task
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
 from promptcl.prompts.gaussian import ClassStats, Mode, align_head
@@ -191,7 +192,10 @@ class TaskInferenceMethod(PromptMethod):
         )
 
     def _task_features(self, t: int, loader: DataLoader) -> tuple[Tensor, Tensor, Tensor]:
-        """Un-instructed q(x) and instructed f(x; task t) features of the task's training data."""
+        """Un-instructed q(x) and instructed f(x; task t) features of the task's training data.
+
+        With several processes each reads its block of the data and the blocks are gathered in
+        order, so every process fits the statistics and trains the TII on the same features."""
         device = self.head.weight.device
         plain, prompted, labels = [], [], []
         for x, y, *_ in loader:
@@ -199,7 +203,8 @@ class TaskInferenceMethod(PromptMethod):
             plain.append(self.query(x))
             prompted.append(self.task_features(x, torch.full((len(x),), t, device=device)))
             labels.append(y.to(device))
-        return torch.cat(plain), torch.cat(prompted), torch.cat(labels)
+        gather = distributed.all_gather_cat
+        return gather(torch.cat(plain)), gather(torch.cat(prompted)), gather(torch.cat(labels))
 
     def _train_tii(self, features: Tensor, labels: Tensor, g: torch.Generator) -> None:
         """The TII stage for one task: Adam, CE over the task's classes, clipped gradients."""

@@ -20,6 +20,10 @@ cluster's size so that a mixture-weighted sampler (STAR-Prompt's diagonal MoG) c
 one more mode. Everything is held in buffers whose shapes are fixed at construction, so the
 statistics are part of ``state_dict()`` and survive checkpoints.
 
+Several processes: ``fit`` must see the same features on every process (gather them with
+``promptcl.engine.distributed.all_gather_cat``, as HiDe-Prompt does); the k-means and the
+alignment are then identical everywhere, and nothing here communicates.
+
 Departure: the official code clusters with scikit-learn's ``KMeans`` (random k-means++ restarts,
 no fixed seed); ``kmeans`` below is a small deterministic k-means++ / Lloyd in torch.
 """
