@@ -67,7 +67,7 @@ def main(out: Path) -> None:
         except Stop:
             pass
         Trainer._save = save
-        for name in ("simplecil", "hide", "unreduced"):
+        for name in ("simplecil", "hide", "hash", "unreduced"):
             try:
                 promptcl.run(load_config(out / f"{name}.yaml"), quiet=True)
             except RuntimeError as err:

@@ -5,6 +5,7 @@ single-process runs made here. The stream: synth-shapes-10, 3 tasks of 3 classes
 images per class (69 per task), so that a global batch of 16 leaves a last batch of 5, split 3/2.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,12 @@ from safetensors.torch import load_file
 import promptcl
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+# The worker runs as a script, so the checkout's package must be importable without an install.
+ROOT = str(WORKER.parent.parent)
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+}
 TEST_SAMPLES = 60  # per task: 3 classes x 20 test images
 
 DATA = {"name": "synth-shapes-10", "task_sizes": [3, 3, 3], "subsample": 23, "augment": False}
@@ -31,11 +38,16 @@ HIDE = {
     "name": "hide_prompt", "epochs": 0, "batch_size": 16, "tii_epochs": 2, "crct_epochs": 2,
     "n_centroids": 3, "prompt_layers": [0, 1],
 }  # fmt: skip
+HASH = {
+    "name": "hash", "pool_size": 4, "prompt_layers": [0, 1], "epochs": 2, "batch_size": 16,
+    "optimizer": "sgd", "lr": 0.05, "tii_epochs": 1, "crct_epochs": 1, "n_centroids": 2,
+}  # fmt: skip
 RUNS = {
     "coda": CODA,
     "coda_stopped": CODA,
     "simplecil": {"name": "simplecil"},
     "hide": HIDE,
+    "hash": HASH,
     "unreduced": {"name": "unreduced_means"},
 }
 
@@ -60,7 +72,7 @@ def two(tmp_path_factory) -> Path:
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          str(WORKER), str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=ENV,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -132,3 +144,14 @@ def test_a_method_that_does_not_reduce_its_statistics_is_stopped(two):
     message = (two / "unreduced.error").read_text()
     assert "different values of ['prototypes']" in message
     assert "all_reduce_sum" in message
+
+
+def test_hash_counts_expert_activations_over_all_processes(two, tmp_path):
+    """Each process routes half of every global batch; the activation counts are summed over
+    processes at every step, so they equal one process's counts (every Top-K choice of every
+    sample: 3 tasks x 69 samples x 2 epochs x K = 2), and so does the rest of the training."""
+    reference = one("hash", tmp_path).run_dir
+    counts = method_state(two / "hash")["counts"]
+    assert int(counts.sum()) == 3 * 69 * 2 * 2
+    assert torch.equal(counts, method_state(reference)["counts"])
+    assert_same_training(two / "hash", reference)
