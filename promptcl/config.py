@@ -2,6 +2,9 @@
 
 Unknown keys are errors that name the key and suggest the closest valid one. Each method owns a
 ``MethodConfig`` subclass (registered with the method) whose field defaults are the paper's.
+
+A run config must name its method: no method's hyper-parameters suit every dataset. The one
+exception is the default job (``DEFAULT_JOB``, packaged), which ``load_config(None)`` returns.
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from promptcl.errors import ConfigError
+
+DEFAULT_JOB = Path(__file__).parent / "configs" / "default_job.yaml"
+NO_METHOD = (
+    "the config names no method: add e.g. `method: {name: coda_prompt}` (configs/ holds one YAML "
+    "per method and benchmark); `promptcl run` with no config runs the default job"
+)
 
 
 class Strict(BaseModel):
@@ -97,9 +106,7 @@ class RunConfig(Strict):
     seed: int = Field(0, description="drives class order, initialisation, data order")
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    method: SerializeAsAny[MethodConfig] = Field(
-        default_factory=lambda: method_config({"name": "simplecil"})
-    )
+    method: SerializeAsAny[MethodConfig] = Field(description="the method and its hyper-parameters")
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -128,17 +135,16 @@ def method_config(values: dict[str, Any]) -> MethodConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or start from the defaults) and apply ``key.sub=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(
-                f"{path} must hold a mapping of sections (data, backbone, method, ...)"
-            )
+    """Read a YAML file (None: the default job) and apply ``key.sub=value`` overrides.
+
+    On the default job, an override of ``method.name`` drops the default method's hyper-parameters:
+    the named method starts from its own defaults.
+    """
+    raw = _read_yaml(Path(path) if path is not None else DEFAULT_JOB)
+    if path is None and any(
+        item.partition("=")[0].strip() == "method.name" for item in overrides or []
+    ):
+        raw["method"] = {}
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -151,6 +157,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node[leaf] = yaml.safe_load(text)
     return build_config(raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, backbone, method, ...)")
+    return raw
 
 
 def build_config(raw: dict[str, Any]) -> RunConfig:
@@ -171,7 +186,9 @@ def _explain(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
         where = prefix + ".".join(loc)
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "missing" and loc == ["method"]:
+            lines.append(NO_METHOD)
+        elif e["type"] == "extra_forbidden":
             valid = _fields_at(root, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
             hint = f"did you mean {prefix + '.'.join([*loc[:-1], close[0]])!r}? " if close else ""
