@@ -72,5 +72,7 @@ def test_default_job_runs_coda_prompt(tmp_path):
     assert result.exit_code == 0, result.output
     assert "FAA" in result.output and "CAA" in result.output and "FM" in result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["method"]["name"] == "coda_prompt" and saved["backbone"]["name"] == "tiny-synth-vit"
+    assert (
+        saved["method"]["name"] == "coda_prompt" and saved["backbone"]["name"] == "tiny-synth-vit"
+    )
     assert len((out / "accuracy_matrix.csv").read_text().splitlines()) == 3  # header + 2 tasks
