@@ -19,7 +19,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
 @app.command()
 def run(
     config: Annotated[
-        Path | None, typer.Argument(help="run config (YAML); none = the default job")
+        Path | None,
+        typer.Argument(
+            help="run config (YAML); none = the default job (CODA-Prompt, synth-shapes-10)"
+        ),
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: key.sub=value")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory")] = None,
@@ -97,7 +100,9 @@ def pretrain(
         raise typer.BadParameter(f"kind must be one of {sorted(PRESET)}, got {kind!r}")
     out = out or Path(f"{PRESET[kind]}.safetensors")
     scores = run_pretraining(kind, out, epochs=epochs, per_class=per_class, seed=seed)  # type: ignore[arg-type]
-    typer.echo(f"wrote {out}: test accuracy {scores['test_accuracy']:.1f}% in {scores['seconds']:.0f}s")
+    typer.echo(
+        f"wrote {out}: test accuracy {scores['test_accuracy']:.1f}% in {scores['seconds']:.0f}s"
+    )
     typer.echo(f"use it with `backbone.weights: {out}` or copy it over the shipped file")
 
 

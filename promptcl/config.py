@@ -2,6 +2,9 @@
 
 Unknown keys are errors that name the key and suggest the closest valid one. Each method owns a
 ``MethodConfig`` subclass (registered with the method) whose field defaults are the paper's.
+
+A run config must name its method: no method's hyper-parameters suit every dataset. The one
+exception is the default job (``DEFAULT_JOB``, packaged), which ``load_config(None)`` returns.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from pydantic import (
 )
 
 from promptcl.errors import ConfigError
+
+DEFAULT_JOB = Path(__file__).parent / "configs" / "default_job.yaml"
+NO_METHOD = (
+    "the config names no method: add e.g. `method: {name: coda_prompt}` (configs/ holds one YAML "
+    "per method and benchmark); `promptcl run` with no config runs the default job"
+)
 
 
 class Strict(BaseModel):
@@ -119,9 +128,7 @@ class RunConfig(Strict):
     seed: int = Field(0, description="drives class order, initialisation, data order")
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    method: SerializeAsAny[MethodConfig] = Field(
-        default_factory=lambda: method_config({"name": "simplecil"})
-    )
+    method: SerializeAsAny[MethodConfig] = Field(description="the method and its hyper-parameters")
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -150,8 +157,16 @@ def method_config(values: dict[str, Any]) -> MethodConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (or start from the defaults) and apply ``key.sub=value`` overrides."""
-    raw = read_yaml(Path(path)) if path is not None else {}
+    """Read a YAML file (None: the default job) and apply ``key.sub=value`` overrides.
+
+    On the default job, an override of ``method.name`` drops the default method's hyper-parameters:
+    the named method starts from its own defaults.
+    """
+    raw = read_yaml(Path(path) if path is not None else DEFAULT_JOB)
+    if path is None and any(
+        item.partition("=")[0].strip() == "method.name" for item in overrides or []
+    ):
+        raw["method"] = {}
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -209,7 +224,9 @@ def _explain(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
         where = prefix + ".".join(loc)
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "missing" and loc == ["method"]:
+            lines.append(NO_METHOD)
+        elif e["type"] == "extra_forbidden":
             valid = _fields_at(root, loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
             hint = f"did you mean {prefix + '.'.join([*loc[:-1], close[0]])!r}? " if close else ""

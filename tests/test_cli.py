@@ -61,3 +61,18 @@ def test_missing_dataset_root_is_a_clean_error(tiny_run, tmp_path):
     result = runner.invoke(app, ["run", str(cfg)], terminal_width=400)
     assert result.exit_code == 2
     assert "CUB_200_2011" in result.output and "data.root" in result.output
+
+
+def test_default_job_runs_coda_prompt(tmp_path):
+    """`promptcl run` with no CONFIG, cut to 2 tasks of 10 classes and 2 steps per epoch here."""
+    out = tmp_path / "default"
+    cut = ["data.task_sizes=[10, 10]", "method.epochs=1", "train.max_steps_per_epoch=2"]
+    args = ["run", "--set", f"output.dir={out}", *[a for c in cut for a in ("--set", c)]]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "FAA" in result.output and "CAA" in result.output and "FM" in result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (
+        saved["method"]["name"] == "coda_prompt" and saved["backbone"]["name"] == "tiny-synth-vit"
+    )
+    assert len((out / "accuracy_matrix.csv").read_text().splitlines()) == 3  # header + 2 tasks

@@ -1,10 +1,14 @@
 """Config: YAML in, resolved YAML out; unknown keys are errors that suggest the closest key."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from promptcl.config import RunConfig, build_config, load_config
+from promptcl.config import build_config, load_config
 from promptcl.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def test_defaults_and_method_defaults():
@@ -85,8 +89,28 @@ def test_a_base_chain_that_loops_or_is_missing_is_named(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
-def test_run_config_model_default_is_simplecil():
-    assert RunConfig().method.name == "simplecil"
+def test_default_job_is_coda_prompt_as_in_its_shipped_config():
+    default = load_config(None)
+    assert default.method.name == "coda_prompt"
+    assert (default.data.name, default.backbone.name) == ("synth-shapes-10", "tiny-synth-vit")
+    assert default == load_config(CONFIGS / "coda_prompt_synth-shapes-10.yaml")
+
+
+def test_overriding_the_default_method_starts_from_its_own_defaults():
+    cfg = load_config(None, ["method.name=l2p", "method.epochs=2"])
+    assert cfg.method.name == "l2p" and cfg.method.epochs == 2
+    assert cfg.method.lr == build_config({"method": {"name": "l2p"}}).method.lr  # not CODA's 0.01
+    kept = load_config(None, ["method.lr=0.5"])
+    assert kept.method.name == "coda_prompt" and kept.method.num_components == 90
+
+
+def test_a_config_without_a_method_is_an_error_not_a_silent_default(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: cifar100, root: /nowhere}\n")
+    with pytest.raises(ConfigError, match="names no method.*default job"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="names no method"):
+        build_config({"seed": 1})
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,16 @@
 trivial nor hopeless for them (benchmarks/offline_world.py measures the same with full margins)."""
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 
 import promptcl
 from promptcl.components import backbones
-from promptcl.config import BackboneConfig
+from promptcl.config import BackboneConfig, load_config
+
+JOINT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "joint_synth-shapes-10.yaml"
 
 
 @pytest.fixture
@@ -42,7 +45,16 @@ def test_shipped_weights_load_without_network(no_network, name):
 def test_pretrained_vit_beats_random_weights(tmp_path):
     pretrained = run(tmp_path, "a", {"name": "simplecil"}, {"name": "tiny-synth-vit"})
     random = run(tmp_path, "b", {"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False})
-    assert pretrained >= 3 * random  # the benchmark script measures 20x
+    assert pretrained >= 3 * random  # the benchmark script measures 9.6x (56.45 / 5.85)
+
+
+def test_joint_training_leaves_room_above_frozen_prototypes(tmp_path):
+    """The joint recipe of configs/joint_synth-shapes-10.yaml, cut to 3 of its 10 epochs to keep the
+    test short. Measured: 63.7 after 3 epochs (67.8 after 10) against SimpleCIL's 56.45."""
+    simplecil = run(tmp_path, "p", {"name": "simplecil"}, {"name": "tiny-synth-vit"})
+    overrides = ["method.epochs=3", f"output.dir={tmp_path / 'joint'}"]
+    joint = promptcl.run(load_config(JOINT_CONFIG, overrides), quiet=True).metrics["faa"]
+    assert joint >= simplecil + 3, (joint, simplecil)
 
 
 def test_clip_zero_shot_on_unseen_captions_beats_chance(tmp_path):
@@ -51,13 +63,16 @@ def test_clip_zero_shot_on_unseen_captions_beats_chance(tmp_path):
 
 
 def test_pretrain_reproduces_useful_weights_on_a_short_schedule(tmp_path):
+    """3 epochs of 40 images per class (the shipped weights: 10 of 200). Measured: 7.3% on the
+    pretraining classes; SimpleCIL on 2 tasks of 10 close-up classes 59.5 against 27.0 at random
+    weights (83.8 with the shipped weights). Two epochs of 20 images learn almost nothing (2.7%)."""
     from promptcl.engine.progress import Console
     from promptcl.pretrain import pretrain
 
     out = tmp_path / "vit.safetensors"
-    scores = pretrain("vit", out, epochs=2, per_class=20, console=Console(quiet=True))
+    scores = pretrain("vit", out, epochs=3, per_class=40, console=Console(quiet=True))
     assert scores["test_accuracy"] > 100 / 156 * 3  # 156 pretraining classes
     sliced = {"task_sizes": [10, 10], "subsample": 20}
     short = run(tmp_path, "s", {"name": "simplecil"}, {"name": "tiny-synth-vit", "weights": str(out)}, **sliced)
     random = run(tmp_path, "r", {"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False}, **sliced)
-    assert short > random + 5
+    assert short > random + 10

@@ -200,3 +200,17 @@ def test_difficulty_knobs_change_the_images():
     easy = ShapeStyle(position_jitter=0.0, rotation=0.0, noise=0.0, background_tint=0.0)
     a = S.SynthShapes(classes, per_class=4, style=easy).data
     assert not torch.equal(a, S.SynthShapes(classes, per_class=4).data)
+
+
+def test_continual_benchmark_is_drawn_closer_up_than_pretraining():
+    """synth-shapes-10's domain shift: every object is larger than any pretraining object."""
+    from promptcl.data.synth_sample import CLOSE_UP, shape_layout
+
+    shipped = datasets.get("synth-shapes-10")(DataConfig(), None, 0)
+    first = S.shape_classes()[:1]
+    assert torch.equal(shipped.train.data[:60], S.SynthShapes(first, 60, style=CLOSE_UP).data)
+    radii = {
+        name: shape_layout("circle", "red", "plain", 500, stream(name == "close"), 32, st).radius
+        for name, st in (("close", CLOSE_UP), ("pretrain", ShapeStyle()))
+    }
+    assert radii["close"].min() > radii["pretrain"].max()

@@ -94,3 +94,22 @@ def test_existing_run_directory_is_not_overwritten(tiny_run):
     promptcl.run(tiny_run({"name": "simplecil"}), quiet=True)
     with pytest.raises(ConfigError, match="--resume"):
         promptcl.run(tiny_run({"name": "simplecil"}), quiet=True)
+
+
+@pytest.mark.parametrize("train_backbone", [True, False])
+def test_head_lr_gives_the_head_its_own_rate(train_backbone):
+    from promptcl.components import backbones, methods
+    from promptcl.config import BackboneConfig, method_config
+
+    backbone = backbones.get("tiny-vit")(BackboneConfig(name="tiny-vit"))
+    config = method_config(
+        {"name": "finetune", "lr": 1e-4, "head_lr": 1e-2, "train_backbone": train_backbone}
+    )
+    method = methods.get("finetune")(config, backbone, [str(c) for c in range(5)])
+    groups = method.param_groups()
+    head = [g for g in groups if g["params"][0] is method.head.weight]
+    assert len(head) == 1 and head[0]["lr"] == 1e-2
+    trained = sum(p.numel() for g in groups for p in g["params"])
+    expected = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    assert trained == expected and len(groups) == (2 if train_backbone else 1)
+    assert all("lr" not in g for g in groups if g is not head[0])  # the rest take method.lr

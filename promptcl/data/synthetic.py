@@ -30,6 +30,7 @@ from promptcl.config import DataConfig
 from promptcl.data.base import DatasetPair, Transforms
 from promptcl.data.synth_render import COLOURS, PATTERN_NAMES, Layout, few_threads, render
 from promptcl.data.synth_sample import (
+    CLOSE_UP,
     ORDERS,
     MotionStyle,
     ShapeStyle,
@@ -323,8 +324,11 @@ def _no_flips(transform: v2.Transform | None) -> v2.Transform | None:
 
 @datasets.register("synth-shapes-10")
 def build_synth_shapes_10(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
-    """Continual split: 100 classes, 60 train / 20 test 32x32 images each, 10 tasks."""
-    return synth_shapes_pair("continual", 60, 20, transforms, default_tasks=10)
+    """Continual split: 100 classes, 60 train / 20 test 32x32 close-ups each, 10 tasks.
+
+    The objects are larger than in the pretraining images (``CLOSE_UP``): a domain shift.
+    """
+    return synth_shapes_pair("continual", 60, 20, transforms, default_tasks=10, style=CLOSE_UP)
 
 
 @datasets.register("synth-shapes-pretrain")

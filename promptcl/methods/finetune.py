@@ -10,6 +10,8 @@ fine-tuning rate for a ViT) is our choice [inferred].
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -24,6 +26,7 @@ class HeadConfig(MethodConfig):
     name: str = "finetune"
     lr: float = 1e-4
     train_backbone: bool = Field(True, description="also train the backbone (False: head only)")
+    head_lr: float | None = Field(None, description="lr of the head; None = the method's lr")
     train_mask: bool = False
 
 
@@ -39,6 +42,14 @@ class HeadClassifier(Method):
             backbone.frozen = False
             backbone.requires_grad_(True)
             self.ddp_find_unused = True  # e.g. a CLIP's text tower takes no part in the loss
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The backbone at ``lr`` (when trained) and the head at ``head_lr`` (default ``lr``)."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        head: dict[str, Any] = {"params": list(self.head.parameters())}
+        if self.config.head_lr is not None:
+            head["lr"] = self.config.head_lr
+        return [{"params": backbone}, head] if backbone else [head]
 
     def predict(self, x: Tensor) -> Tensor:
         return self.head(self.backbone.encode(x))  # (B, C)
