@@ -114,6 +114,25 @@ def test_hgm_lr_mode_gives_the_most_activated_experts_beta_times_the_lr():
         torch.testing.assert_close(moves[0][e], factor * moves[1][e], rtol=1e-4, atol=1e-9)
 
 
+def test_under_adam_a_constant_gradient_scale_leaves_the_updates_unchanged():
+    """Why ``hgm_mode: lr`` is the default: Adam divides each gradient by its own running scale,
+    so HGM in grad mode moves the experts as if there were no HGM. Only Adam's epsilon (1e-8 by
+    default, comparable to some of this tiny model's gradients) and global-norm clipping let the
+    scale through; with a negligible epsilon the steps are equal."""
+    counts = [5, 0, 9, 1]
+    base = dict(pool_size=4, top_k=2, hdr="none", hgm_mode="grad", hgm_beta=0.25, lr=0.01)
+    moved = []
+    for hgm in ("top-k", "none"):
+        method = at_task_one(tiny_method(**base, hgm=hgm), counts)
+        opt = torch.optim.Adam(method.param_groups(), lr=0.01, eps=1e-30)
+        for _ in range(3):
+            opt.zero_grad()
+            method.training_step(task_batch(TASKS[1], n=24))["loss"].backward()
+            opt.step()
+        moved.append(torch.stack(list(method.experts)).detach())
+    torch.testing.assert_close(moved[0], moved[1], rtol=1e-4, atol=1e-6)
+
+
 def test_hdr_moves_routing_away_from_a_dominant_expert():
     def routed(hdr: str) -> torch.Tensor:
         method = at_task_one(
