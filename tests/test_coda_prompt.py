@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synth_stream import synth_run
 from torch.nn import functional as F
 
 import promptcl
@@ -227,7 +228,6 @@ def test_task_1_trains_only_its_rows_and_the_head(ortho_mu):
 
 # --- end to end on the offline world ---------------------------------------------------------
 
-STREAM = {"name": "synth-shapes-10", "task_sizes": [10, 10, 10], "subsample": 20, "augment": False}
 CODA = {
     "name": "coda_prompt",
     "num_components": 30,  # 10 per task, as the paper's 100 over 10 tasks
@@ -238,21 +238,10 @@ CODA = {
 }
 
 
-def synth_run(out: Path, method: dict) -> dict:
-    return {
-        "seed": 0,
-        "data": STREAM,
-        "backbone": {"name": "tiny-synth-vit"},
-        "method": method,
-        "train": {"eval_batch_size": 200},
-        "output": {"dir": str(out)},
-    }
-
-
 @pytest.fixture(scope="module")
 def coda_reference(tmp_path_factory):
     """One uninterrupted CODA-Prompt run, with the pool as it was when each task began."""
-    trainer = Trainer(build_config(synth_run(tmp_path_factory.mktemp("coda"), CODA)), Console(True))
+    trainer = Trainer(build_config(synth_run(CODA, tmp_path_factory.mktemp("coda"))), Console(True))
     method = trainer.method
     backbone = {k: v.clone() for k, v in method.backbone.state_dict().items()}
     began: list[dict[str, torch.Tensor]] = []
@@ -270,7 +259,7 @@ def coda_reference(tmp_path_factory):
 def test_coda_prompt_beats_finetune_and_forgets_less(coda_reference, tmp_path):
     coda = coda_reference[0]
     ft = promptcl.run(
-        synth_run(tmp_path / "ft", {"name": "finetune", "epochs": 3, "batch_size": 16}), quiet=True
+        synth_run({"name": "finetune", "epochs": 3, "batch_size": 16}, tmp_path / "ft"), quiet=True
     )
     # Measured: CODA-Prompt FAA 77.8 / FM 12.2; finetune FAA 34.5 / FM 68.0 (chance: 3.3).
     assert coda.metrics["faa"] >= ft.metrics["faa"] + 20
@@ -306,7 +295,7 @@ def test_resumed_run_ends_like_the_uninterrupted_one(coda_reference, tmp_path, m
             if resume:
                 promptcl.resume(tmp_path / "r", quiet=True)
             else:
-                promptcl.run(synth_run(tmp_path / "r", CODA), quiet=True)
+                promptcl.run(synth_run(CODA, tmp_path / "r"), quiet=True)
 
     run_until({"task": 0, "epochs_done": -1}, resume=False)  # a task boundary
     run_until({"task": 1, "epochs_done": 2}, resume=True)  # mid-task

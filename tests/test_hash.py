@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synth_stream import synth_run
 from torch.utils.data import DataLoader, TensorDataset
 
 import promptcl
@@ -203,7 +204,6 @@ def test_bad_pool_settings_are_config_errors():
 
 # --- end to end on the synthetic benchmark ------------------------------------------------------
 
-STREAM = {"name": "synth-shapes-10", "task_sizes": [10, 10, 10], "subsample": 20, "augment": False}
 HASH = {  # a few epochs and steps on the CPU, hence larger learning rates than the defaults
     "name": "hash",
     "epochs": 2,
@@ -213,17 +213,6 @@ HASH = {  # a few epochs and steps on the CPU, hence larger learning rates than 
     "tii_ca_lr": 0.005,
     "crct_epochs": 5,
 }
-
-
-def synth_run(method: dict, out) -> dict:
-    return {
-        "seed": 0,
-        "data": STREAM,
-        "backbone": {"name": "tiny-synth-vit"},
-        "method": method,
-        "train": {"eval_batch_size": 256},
-        "output": {"dir": str(out)},
-    }
 
 
 @pytest.fixture(scope="module")

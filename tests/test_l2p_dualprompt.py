@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synth_stream import synth_run
 from torch.nn import functional as F
 
 import promptcl
@@ -228,25 +229,15 @@ METHODS = {
 }
 
 
-def stream(method: dict, out: Path) -> dict:
-    """The reduced synth-shapes-10 stream: 3 tasks of 10 classes, 20 training images per class."""
-    return {
-        "seed": 0,
-        "data": {"name": "synth-shapes-10", "task_sizes": [10, 10, 10], "subsample": 20},
-        "backbone": {"name": "tiny-synth-vit"},
-        "method": method,
-        "train": {"eval_batch_size": 300},
-        "output": {"dir": str(out)},
-    }
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Each method run once through the stream; the prompt methods' backbones are compared with
     their state before training."""
     out, results = tmp_path_factory.mktemp("runs"), {}
     for name, method in METHODS.items():
-        trainer = Trainer(build_config(stream(method, out / name)), Console(quiet=True))
+        trainer = Trainer(
+            build_config(synth_run(method, out / name, augment=True)), Console(quiet=True)
+        )
         before = {k: v.clone() for k, v in trainer.method.backbone.state_dict().items()}
         results[name] = trainer.run()
         after = trainer.method.backbone.state_dict()
@@ -293,7 +284,7 @@ def test_resume_at_a_task_boundary_gives_the_same_accuracy_matrix(
 
     monkeypatch.setattr(cls, "begin_task", stop_at_task_2)
     with pytest.raises(Killed):
-        promptcl.run(stream(METHODS[name], tmp_path / "r"), quiet=True)
+        promptcl.run(synth_run(METHODS[name], tmp_path / "r", augment=True), quiet=True)
     monkeypatch.setattr(cls, "begin_task", begin_task)
     resumed = promptcl.resume(tmp_path / "r", quiet=True)
     np.testing.assert_array_equal(resumed.accuracy, runs[name].accuracy)
