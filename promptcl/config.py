@@ -74,6 +74,9 @@ class BackboneConfig(Strict):
     )
 
 
+Schedule = Literal["constant", "cosine", "coda-cosine", "step"]
+
+
 class MethodConfig(Strict):
     """Hyper-parameters every method has; subclasses add theirs and set the paper's defaults."""
 
@@ -83,9 +86,11 @@ class MethodConfig(Strict):
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     momentum: float = Field(0.9, ge=0, description="SGD momentum (sgd only)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas (adam/adamw only)")
-    schedule: Literal["constant", "cosine", "coda-cosine"] = Field(
+    schedule: Schedule = Field(
         "constant", description="lr schedule, stepped per epoch"
     )
+    decay_epochs: int = Field(30, ge=1, description="step schedule: epochs between lr decays")
+    decay_rate: float = Field(0.1, gt=0, description="step schedule: lr factor at each decay")
     epochs: int = Field(5, ge=0, description="epochs per task")
     batch_size: int = Field(128, ge=1, description="training batch size")
     grad_clip: float | None = Field(1.0, description="max gradient norm; None = no clipping")

@@ -27,11 +27,15 @@ FORMAT_VERSION = 1
 
 def config_fingerprint(config: RunConfig) -> str:
     """Hash of everything that changes what a run computes (not where it writes, its device, or
-    how many processes run it: a run may be resumed with another world size)."""
+    how many processes run it: a run may be resumed with another world size).
+
+    Settings left at their defaults are not hashed, so a field added in a later version (with a
+    default that keeps the old behaviour) does not stop older runs from resuming."""
     ignored = {"device", "num_workers", "log_every", "compile"}
-    if config.train.precision == "fp32":  # the default: runs from before the field still resume
-        ignored.add("precision")
-    shaping = config.model_dump(mode="json", exclude={"output": True, "train": ignored})
+    shaping = config.model_dump(
+        mode="json", exclude={"output": True, "train": ignored}, exclude_defaults=True
+    )
+    shaping["method_name"] = config.method.name  # a default of its own class, so named here
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -28,12 +28,18 @@ def build_schedule(
     cosine:      0.5 (1 + cos(pi e / K)) over K = epochs.
     coda-cosine: cos(99 pi e / (200 (K - 1))), CODA-Prompt's and mammoth's ``CosineSchedule``
                  (GT-RIPL/CODA-Prompt utils/schedulers.py): almost zero at the last epoch.
+    step:        rate ** ((e - 1) // decay_epochs) for e >= 1, timm's ``StepLRScheduler`` as the
+                 L2P/DualPrompt/HiDe-Prompt PyTorch engines call it: ``step(epoch)`` after epoch
+                 ``epoch`` sets the next epoch's lr, so with 30 decay epochs epochs 0..30 run at
+                 the base lr and the decay starts at epoch 31.
     """
     K = max(cfg.epochs, 1)
     if cfg.schedule == "cosine":
         factor = lambda e: 0.5 * (1 + math.cos(math.pi * e / K))  # noqa: E731
     elif cfg.schedule == "coda-cosine":
         factor = lambda e: math.cos(99 * math.pi * e / (200 * (K - 1))) if K > 1 else 1.0  # noqa: E731
+    elif cfg.schedule == "step":
+        factor = lambda e: cfg.decay_rate ** (max(e - 1, 0) // cfg.decay_epochs)  # noqa: E731
     else:
         factor = lambda e: 1.0  # noqa: E731
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -53,8 +53,8 @@ training and inference. [inferred]: E = 8 experts, Top-2, L_p = 10 (5 key + 5 va
 prefix size of HiDe's L = 5; with 8 experts the pool plus routers stays smaller than HiDe's ten
 task prompts, as the seed says Hash's parameters do), delta = 0.25 (see above), beta = 0.5,
 routers initialised like timm's linear layers (trunc-normal, std 0.02), and the rest from
-HiDe-Prompt's CIFAR-100 script (effective lr 0.0028125, head lr 0.1 lr, 50 epochs, grad clip 1.0,
-TII and TAP values).
+HiDe-Prompt's CIFAR-100 script (effective lr 0.0028125, head lr 0.1 lr, 50 epochs, step schedule,
+grad clip 1.0, TII and TAP values).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.config import Schedule
 from promptcl.engine.distributed import all_reduce_sum
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.prompt_base import check_layers
@@ -84,6 +85,7 @@ class HashConfig(TaskInferenceConfig):
     name: str = "hash"
     lr: float = Field(0.0028125, ge=0, description="prompt and router lr (HiDe's effective lr)")
     epochs: int = Field(50, ge=0, description="epochs per task (HiDe's CIFAR-100) [inferred]")
+    schedule: Schedule = Field("step", description="x0.1 after 30 epochs (HiDe's CIFAR-100)")
     batch_size: int = Field(128, ge=1, description="batch size [seed]")
     reg: float = Field(
         0.0, ge=0, description="weight of HiDe's L_cr (the seed trains with CE only)"

@@ -54,10 +54,9 @@ Departures from the official code:
    training, so only the data differ: the TII sees each image once through the test transforms
    (its features are computed once and cached) instead of augmented views each epoch. Its own
    epochs, lr, fresh Adam, clipping, batch size and constant schedule are kept.
-2. Schedule: the CIFAR script uses timm's step schedule (x0.1 after 30 epochs; with the
-   official ``step(epoch)`` call after each epoch, epochs 31..49 run at 0.1 lr); our trainer has
-   no step schedule, so the default is constant [inferred nearest]. ImageNet-R's timm cosine
-   has min lr 1e-5; ours decays to 0.
+2. Schedule: the CIFAR script's timm step schedule is ours (``schedule: step``, x0.1 every 30
+   epochs, called as the official engine calls it, so epochs 31..49 run at 0.1 lr). ImageNet-R's
+   timm cosine has min lr 1e-5; ours decays to 0.
 3. The official L_cr is computed per GPU (24 features + prototypes); here over the whole batch
    in one process, and per process (over its B/W features) when several processes train.
 4. k-means is a deterministic torch implementation (official: scikit-learn, unseeded).
@@ -75,6 +74,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.config import Schedule
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.prompt_base import check_layers
 from promptcl.methods.task_inference import TaskInferenceConfig, TaskInferenceMethod
@@ -88,6 +88,7 @@ class HiDePromptConfig(TaskInferenceConfig):
         0.0028125, ge=0, description="prompt lr: 0.03 * 24/256 (script lr, official batch scaling)"
     )
     epochs: int = Field(50, ge=0, description="WTP epochs per task (CIFAR script)")
+    schedule: Schedule = Field("step", description="x0.1 after 30 epochs (CIFAR script, timm)")
     batch_size: int = Field(192, ge=1, description="8 GPUs x 24 per device (CIFAR script)")
     prompt_length: int = Field(5, ge=1, description="L key and L value tokens per layer (--length)")
     prompt_layers: list[int] = Field(
