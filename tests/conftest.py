@@ -2,6 +2,9 @@ import os
 
 import pytest
 import torch
+from synth_stream import synth_run
+
+import promptcl
 
 # Tests run on CPU with the network off: nothing may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,3 +35,11 @@ def tiny_run(tmp_path):
         return config
 
     return make
+
+
+@pytest.fixture(scope="session")
+def finetune_run(tmp_path_factory):
+    """The lower bound on the reduced synth-shapes-10 stream, run once for every prompt method's
+    end-to-end comparison."""
+    method = {"name": "finetune", "epochs": 3, "batch_size": 16, "lr": 1e-4}
+    return promptcl.run(synth_run(method, tmp_path_factory.mktemp("finetune") / "run"), quiet=True)

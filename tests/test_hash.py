@@ -220,9 +220,8 @@ def hash_run(tmp_path_factory):
     return promptcl.run(synth_run(HASH, tmp_path_factory.mktemp("hash") / "run"), quiet=True)
 
 
-def test_hash_beats_finetune_and_forgets_less(hash_run, tmp_path):
-    finetune = {"name": "finetune", "epochs": 3, "batch_size": 16, "lr": 1e-4}
-    ft = promptcl.run(synth_run(finetune, tmp_path / "ft"), quiet=True)
+def test_hash_beats_finetune_and_forgets_less(hash_run, finetune_run):
+    ft = finetune_run
     assert ft.metrics["fm"] > 30  # the lower bound forgets
     assert hash_run.metrics["faa"] >= ft.metrics["faa"] + 20
     assert hash_run.metrics["fm"] <= ft.metrics["fm"] - 15

@@ -141,9 +141,8 @@ def hide_run(tmp_path_factory):
     return promptcl.run(synth_run(HIDE, tmp_path_factory.mktemp("hide") / "run"), quiet=True)
 
 
-def test_hide_beats_finetune_and_forgets_less(hide_run, tmp_path):
-    finetune = {"name": "finetune", "epochs": 3, "batch_size": 16, "lr": 1e-4}
-    ft = promptcl.run(synth_run(finetune, tmp_path / "ft"), quiet=True)
+def test_hide_beats_finetune_and_forgets_less(hide_run, finetune_run):
+    ft = finetune_run
     hide = hide_run.metrics
     assert ft.metrics["fm"] > 30  # the lower bound forgets
     assert hide["faa"] >= ft.metrics["faa"] + 25
