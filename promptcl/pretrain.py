@@ -30,9 +30,10 @@ from torchvision.transforms import v2
 
 from promptcl.backbones.base import Backbone
 from promptcl.backbones.clip import CAPTION_TEMPLATE
+from promptcl.backbones.packed import pack
 from promptcl.config import BackboneConfig
 from promptcl.data.base import image_transforms
-from promptcl.data.synthetic import SynthShapes
+from promptcl.data.synthetic import ALL_MOTION_CLASSES, ALL_SHAPE_CLASSES, SynthShapes
 from promptcl.engine.progress import Console
 from promptcl.engine.trainer import seed_everything
 from promptcl.registry import backbones
@@ -107,9 +108,19 @@ def pretrain(
     # Stored in half precision to keep the package small; loading casts back to float32.
     state = {k: (v.half() if v.is_floating_point() else v).contiguous()
              for k, v in model.model.state_dict().items()}
+    if kind == "clip":  # and without the vocabulary no synthetic caption uses
+        state = pack(state, synth_vocabulary(model))
     save_file(state, str(out), metadata={"preset": PRESET[kind], "epochs": str(epochs),
                                           "test_accuracy": f"{accuracy:.2f}"})
     return {"test_accuracy": accuracy, "seconds": seconds}
+
+
+def synth_vocabulary(model: Backbone) -> torch.Tensor:
+    """The token ids of every caption the synthetic worlds can ask for: each class name of
+    SynthShapes and SynthMotion, alone, as a caption ("a red heart") and in CAPTION_TEMPLATE."""
+    names = [c.name for c in (*ALL_SHAPE_CLASSES, *ALL_MOTION_CLASSES)]
+    texts = [t for n in names for t in (n, f"a {n}", CAPTION_TEMPLATE.format(n))]
+    return torch.unique(model.tokenize(texts))
 
 
 class _Classifier(torch.nn.Module):

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import promptcl
+from promptcl.backbones.packed import pack, unpack
+from promptcl.backbones.zoo import WEIGHTS_DIR
 from promptcl.components import backbones
 from promptcl.config import BackboneConfig, load_config
+from promptcl.engine.progress import Console
+from promptcl.pretrain import pretrain, synth_vocabulary
 
 JOINT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "joint_synth-shapes-10.yaml"
 
@@ -44,7 +49,9 @@ def test_shipped_weights_load_without_network(no_network, name):
 
 def test_pretrained_vit_beats_random_weights(tmp_path):
     pretrained = run(tmp_path, "a", {"name": "simplecil"}, {"name": "tiny-synth-vit"})
-    random = run(tmp_path, "b", {"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False})
+    random = run(
+        tmp_path, "b", {"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False}
+    )
     assert pretrained >= 3 * random  # the benchmark script measures 9.6x (56.45 / 5.85)
 
 
@@ -66,13 +73,54 @@ def test_pretrain_reproduces_useful_weights_on_a_short_schedule(tmp_path):
     """3 epochs of 40 images per class (the shipped weights: 10 of 200). Measured: 7.3% on the
     pretraining classes; SimpleCIL on 2 tasks of 10 close-up classes 59.5 against 27.0 at random
     weights (83.8 with the shipped weights). Two epochs of 20 images learn almost nothing (2.7%)."""
-    from promptcl.engine.progress import Console
-    from promptcl.pretrain import pretrain
-
     out = tmp_path / "vit.safetensors"
     scores = pretrain("vit", out, epochs=3, per_class=40, console=Console(quiet=True))
     assert scores["test_accuracy"] > 100 / 156 * 3  # 156 pretraining classes
     sliced = {"task_sizes": [10, 10], "subsample": 20}
-    short = run(tmp_path, "s", {"name": "simplecil"}, {"name": "tiny-synth-vit", "weights": str(out)}, **sliced)
-    random = run(tmp_path, "r", {"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False}, **sliced)
+    short = run(
+        tmp_path,
+        "s",
+        {"name": "simplecil"},
+        {"name": "tiny-synth-vit", "weights": str(out)},
+        **sliced,
+    )
+    random = run(
+        tmp_path,
+        "r",
+        {"name": "simplecil"},
+        {"name": "tiny-synth-vit", "pretrained": False},
+        **sliced,
+    )
     assert short > random + 10
+
+
+def test_packing_keeps_the_chosen_token_rows_and_zeros_the_rest():
+    state = {"token_embedding.weight": torch.randn(10, 4), "other": torch.ones(3)}
+    packed = pack(state, torch.tensor([[7, 2, 2], [0, 7, 7]]))
+    assert packed["token_embedding.weight"].shape == (3, 4)
+    full = unpack(packed)
+    assert full.keys() == state.keys() and torch.equal(full["other"], state["other"])
+    table = full["token_embedding.weight"]
+    kept = [0, 2, 7]
+    assert torch.equal(table[kept], state["token_embedding.weight"][kept])
+    assert not table[[i for i in range(10) if i not in kept]].any()
+
+
+def test_shipped_clip_keeps_every_token_of_the_synthetic_captions():
+    clip = backbones.get("tiny-synth-clip")(BackboneConfig(name="tiny-synth-clip"))
+    kept = load_file(str(WEIGHTS_DIR / "tiny-synth-clip.safetensors"))["token_embedding.kept_ids"]
+    assert set(synth_vocabulary(clip).tolist()) <= set(kept.tolist())
+    table = clip.model.token_embedding.weight
+    assert table.shape[0] == 49408 and int((table.abs().sum(1) > 0).sum()) == len(kept)
+
+
+def test_pretrained_clip_is_written_packed_and_loads_from_its_file(tmp_path):
+    out = tmp_path / "clip.safetensors"
+    pretrain("clip", out, epochs=1, per_class=2, console=Console(quiet=True))
+    assert "token_embedding.kept_ids" in load_file(str(out))
+    clip = backbones.get("tiny-synth-clip")(
+        BackboneConfig(name="tiny-synth-clip", weights=str(out))
+    )
+    saved = unpack(load_file(str(out)))
+    for name, value in clip.model.state_dict().items():
+        torch.testing.assert_close(value, saved[name].float(), msg=name)

@@ -15,6 +15,9 @@ timm and open_clip are imported only when a backbone is built, so listing preset
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +25,7 @@ from typing import Any, Literal
 from torch import nn
 
 from promptcl.backbones.base import Backbone
+from promptcl.backbones.packed import is_packed, load_packed
 from promptcl.config import BackboneConfig
 from promptcl.errors import ConfigError, WeightsError
 from promptcl.registry import backbones
@@ -179,10 +183,31 @@ def _create_timm(preset: Preset, source: Source) -> nn.Module:
 def _create_open_clip(preset: Preset, source: Source) -> nn.Module:
     import open_clip
 
-    pretrained = str(source) if source is not None else None
-    return open_clip.create_model(
-        preset.arch, pretrained=pretrained, force_quick_gelu=preset.quick_gelu, **preset.overrides
-    )
+    packed = isinstance(source, Path) and is_packed(source)
+    pretrained = str(source) if source is not None and not packed else None
+    with _quiet_root_logger() if packed else nullcontext():  # not "initialized randomly"
+        model = open_clip.create_model(
+            preset.arch,
+            pretrained=pretrained,
+            force_quick_gelu=preset.quick_gelu,
+            **preset.overrides,
+        )
+    if packed:  # a shipped CLIP without its unused vocabulary (see backbones/packed.py)
+        model.load_state_dict(load_packed(source))
+    return model
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip warns through the root logger that a model built without ``pretrained`` is
+    random; the packed weights are loaded right after, so the warning would mislead."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 _CREATE = {"timm": _create_timm, "open_clip": _create_open_clip}
