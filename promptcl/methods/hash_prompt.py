@@ -40,11 +40,12 @@ features to pick R_t^ per sample, and HiDe's task-adaptive prediction (head alig
 replay of class statistics), as in ``task_inference.py``; ``router_choice: mean`` averages the
 scores of all seen routers instead (no task inference for routing).
 
-Measured on synth-shapes-10 (``benchmarks/hash_ablation.py``; the closing note of issue 5 has the
-table): HGM touches only A_t's experts, so when delta exceeds the spread of a router's scores
-(about 1 after training there) HDR never selects them and HGM has nothing left to modulate: with
-delta = 1 the full method equals + HDR. Hence the default delta = 0.25, under which a hot expert
-still wins when it fits much better, and the four rows order as in the paper.
+Measured on synth-shapes-10 (``benchmarks/hash_ablation.py``; the figures are in the header of
+``configs/hash_synth-shapes-10.yaml``): HGM touches only A_t's experts, so when delta exceeds the
+spread of a router's scores (about 1 after training there) HDR never selects them and HGM has
+nothing left to modulate: with delta = 1 the full method equals + HDR. Hence the default
+delta = 0.25, under which a hot expert still wins when it fits much better, and the four rows
+order as in the paper.
 A test shows that Adam steps with ``hgm_mode: grad`` equal those without HGM when epsilon is
 negligible; in practice the scale leaks through only via epsilon and gradient-norm clipping.
 
