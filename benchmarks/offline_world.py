@@ -24,16 +24,21 @@ import torch
 from torch.nn import functional as F
 
 import promptcl
-from promptcl.components import backbones, datasets
+from promptcl.build import build_backbone
 from promptcl.config import BackboneConfig, DataConfig, load_config
-from promptcl.data.base import image_transforms
+from promptcl.data.base import Preprocessing
+from promptcl.registry import datasets
 
 JOINT = Path(__file__).resolve().parent.parent / "configs" / "joint_synth-shapes-10.yaml"
 
 
 def run(method: dict, backbone: dict, data: dict, out: str) -> float:
-    config = {"data": {"name": "synth-shapes-10", **data}, "backbone": backbone, "method": method,
-              "output": {"dir": out, "overwrite": True}}
+    config = {
+        "data": {"name": "synth-shapes-10", **data},
+        "backbone": backbone,
+        "method": method,
+        "output": {"dir": out, "overwrite": True},
+    }
     return promptcl.run(config, quiet=True).metrics["faa"]
 
 
@@ -47,9 +52,9 @@ def joint(out: str, epochs: int | None) -> float:
 @torch.no_grad()
 def frame_features(name: str) -> tuple[torch.Tensor, ...]:
     """(N, T, F) per-frame tiny-synth-vit features of synth-motion-5's train and test clips."""
-    vit = backbones.get("tiny-synth-vit")(BackboneConfig(name="tiny-synth-vit"))
-    tf = image_transforms(vit.image_size, vit.mean, vit.std, augment=False)
-    pair = datasets.get(name)(DataConfig(name=name), type(tf)(tf.test, tf.test), 0)
+    vit = build_backbone(BackboneConfig(name="tiny-synth-vit"))
+    plain = Preprocessing(vit.image_size, augment=False)
+    pair = datasets.get(name)(DataConfig(name=name), plain, 0)
     out = []
     for split in (pair.train, pair.test):
         clips = torch.stack([split[i][0] for i in range(len(split))])  # (N, T, 3, H, W)
@@ -77,23 +82,32 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     began = time.perf_counter()
     results = {
-        "simplecil_pretrained": run({"name": "simplecil"}, {"name": "tiny-synth-vit"}, {}, f"{tmp}/a"),
-        "simplecil_random": run({"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False},
-                                {}, f"{tmp}/b"),
+        "simplecil_pretrained": run(
+            {"name": "simplecil"}, {"name": "tiny-synth-vit"}, {}, f"{tmp}/a"
+        ),
+        "simplecil_random": run(
+            {"name": "simplecil"}, {"name": "tiny-synth-vit", "pretrained": False}, {}, f"{tmp}/b"
+        ),
         "joint_upper_bound": joint(f"{tmp}/c", 3 if args.quick else None),
-        "clip_zeroshot": run({"name": "clip_zeroshot"}, {"name": "tiny-synth-clip"}, {}, f"{tmp}/d"),
+        "clip_zeroshot": run(
+            {"name": "clip_zeroshot"}, {"name": "tiny-synth-clip"}, {}, f"{tmp}/d"
+        ),
         "chance": 1.0,
     }
     train_x, train_y, test_x, test_y = frame_features("synth-motion-5")
     results["motion_mean_pooled"] = linear_probe(train_x.mean(1), train_y, test_x.mean(1), test_y)
-    results["motion_frame_order"] = linear_probe(train_x.flatten(1), train_y, test_x.flatten(1), test_y)
+    results["motion_frame_order"] = linear_probe(
+        train_x.flatten(1), train_y, test_x.flatten(1), test_y
+    )
     results["motion_chance"] = 100.0 / (int(train_y.max()) + 1)
     results["seconds"] = round(time.perf_counter() - began, 1)
     ratio = results["simplecil_pretrained"] / max(results["simplecil_random"], 1e-9)
     print(json.dumps(results, indent=2))
-    print(f"pretrained / random SimpleCIL FAA: {ratio:.1f}x (want >= 3); "
-          f"joint - SimpleCIL: {results['joint_upper_bound'] - results['simplecil_pretrained']:.1f} "
-          f"points (want >= 5); zero-shot CLIP / chance: {results['clip_zeroshot'] / 1.0:.1f}x (want >= 5)")
+    print(
+        f"pretrained / random SimpleCIL FAA: {ratio:.1f}x (want >= 3); "
+        f"joint - SimpleCIL: {results['joint_upper_bound'] - results['simplecil_pretrained']:.1f} "
+        f"points (want >= 5); zero-shot CLIP / chance: {results['clip_zeroshot'] / 1.0:.1f}x (want >= 5)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,15 @@ CONFIGURED = ["l2p", "dualprompt", "coda_prompt", "hide_prompt", "hash", "joint"
 def config_for(name: str, out: Path, epochs: int | None, seed: int):
     overrides = [f"output.dir={out}", "output.overwrite=true", f"seed={seed}"]
     if name in BOUNDS:
-        return build_config({"seed": seed, "data": {"name": "synth-shapes-10"},
-                             "backbone": {"name": "tiny-synth-vit"}, "method": BOUNDS[name],
-                             "output": {"dir": str(out), "overwrite": True}})
+        return build_config(
+            {
+                "seed": seed,
+                "data": {"name": "synth-shapes-10"},
+                "backbone": {"name": "tiny-synth-vit"},
+                "method": BOUNDS[name],
+                "output": {"dir": str(out), "overwrite": True},
+            }
+        )
     if epochs is not None:
         overrides.append(f"method.epochs={epochs}")
     return load_config(CONFIGS / f"{name}_synth-shapes-10.yaml", overrides)

@@ -23,9 +23,14 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def samples_per_second(name: str, cache: bool, epochs: int, tasks: int, out: Path) -> float:
     config = load_config(
         CONFIGS / f"{name}_synth-shapes-10.yaml",
-        [f"output.dir={out}", "output.overwrite=true", "data.augment=false",
-         f"method.query_cache={str(cache).lower()}", f"method.epochs={epochs}",
-         f"data.task_sizes={[10] * tasks}"],
+        [
+            f"output.dir={out}",
+            "output.overwrite=true",
+            "data.augment=false",
+            f"method.query_cache={str(cache).lower()}",
+            f"method.epochs={epochs}",
+            f"data.task_sizes={[10] * tasks}",
+        ],
     )
     promptcl.run(config, quiet=True)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -42,8 +47,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     print("| method | samples/s, no cache | samples/s, cache | speed-up |\n|---|---|---|---|")
     for name in args.methods:
-        off, on = (samples_per_second(name, c, args.epochs, args.tasks, tmp / f"{name}-{c}")
-                   for c in (False, True))
+        off, on = (
+            samples_per_second(name, c, args.epochs, args.tasks, tmp / f"{name}-{c}")
+            for c in (False, True)
+        )
         print(f"| {name} | {off:.0f} | {on:.0f} | {on / off:.2f}x |", flush=True)
 
 

@@ -22,6 +22,7 @@ def run(
     Under ``torchrun`` every process calls this; they train the run together (DDP) and return
     the same result, and process 0 writes the run directory.
     """
+    from promptcl import collectives
     from promptcl.config import RunConfig, build_config, load_config
     from promptcl.engine import distributed
     from promptcl.engine.progress import Console
@@ -32,7 +33,7 @@ def run(
     elif not isinstance(config, RunConfig):
         config = load_config(config)
     with distributed.launched(config.train.device):
-        console = Console(quiet=quiet or not distributed.is_main())
+        console = Console(quiet=quiet or not collectives.is_main())
         return Trainer(config, console).run(resume=resume)
 
 

@@ -109,7 +109,7 @@ def pretrain(
 @app.command("list")
 def list_components() -> None:
     """Show the registered methods, backbones and datasets."""
-    from promptcl.components import backbones, datasets, methods
+    from promptcl.registry import backbones, datasets, methods
 
     table = Table("kind", "name", "description")
     for kind, registry in (("method", methods), ("backbone", backbones), ("dataset", datasets)):

@@ -86,9 +86,7 @@ class MethodConfig(Strict):
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     momentum: float = Field(0.9, ge=0, description="SGD momentum (sgd only)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas (adam/adamw only)")
-    schedule: Schedule = Field(
-        "constant", description="lr schedule, stepped per epoch"
-    )
+    schedule: Schedule = Field("constant", description="lr schedule, stepped per epoch")
     decay_epochs: int = Field(30, ge=1, description="step schedule: epochs between lr decays")
     decay_rate: float = Field(0.1, gt=0, description="step schedule: lr factor at each decay")
     epochs: int = Field(5, ge=0, description="epochs per task")
@@ -97,6 +95,11 @@ class MethodConfig(Strict):
     train_mask: bool = Field(
         True, description="mask the logits of classes outside the current task in training"
     )
+
+    @property
+    def task_oracle(self) -> bool:
+        """True if the run votes prompts over a test batch (a task oracle, labelled as such)."""
+        return False
 
 
 class TrainConfig(Strict):
@@ -152,7 +155,7 @@ class RunConfig(Strict):
 
 def method_config(values: dict[str, Any]) -> MethodConfig:
     """Validate a method's hyper-parameters against the config model it registered."""
-    from promptcl.components import methods
+    from promptcl.registry import methods
 
     config_cls = methods.get(values["name"]).Config
     try:

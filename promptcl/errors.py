@@ -23,3 +23,7 @@ class CheckpointError(PromptCLError, RuntimeError):
 
 class UnsupportedBackboneError(PromptCLError, TypeError):
     """The wrapped model is a variant whose attention the prompted forward cannot drive."""
+
+
+class UnsupportedPromptError(PromptCLError, ValueError):
+    """Prompts of a kind the backbone (or its tower) does not apply: raised, never ignored."""

@@ -26,17 +26,16 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
 from promptcl.backbones.base import Backbone
 from promptcl.backbones.clip import CAPTION_TEMPLATE
 from promptcl.backbones.packed import pack
+from promptcl.build import build_backbone
 from promptcl.config import BackboneConfig
-from promptcl.data.base import image_transforms
+from promptcl.data.base import Preprocessing
 from promptcl.data.synthetic import ALL_MOTION_CLASSES, ALL_SHAPE_CLASSES, SynthShapes
 from promptcl.engine.progress import Console
-from promptcl.engine.trainer import seed_everything
-from promptcl.registry import backbones
+from promptcl.engine.seeding import seed_everything
 
 Kind = Literal["vit", "clip"]
 PRESET = {"vit": "tiny-synth-vit", "clip": "tiny-synth-clip"}
@@ -57,30 +56,24 @@ def pretrain(
 
     Returns the top-1 accuracy (%) on the pretraining classes' test images and the time taken.
     """
-    import promptcl.backbones.zoo  # noqa: F401  (registers the presets)
-
     console = console or Console()
     seed_everything(seed)
-    model = backbones.get(PRESET[kind])(BackboneConfig(name=PRESET[kind], pretrained=False))
+    model = build_backbone(BackboneConfig(name=PRESET[kind], pretrained=False))
     model.frozen = False
     model.requires_grad_(True)
-    test_tf = image_transforms(model.image_size, model.mean, model.std, augment=False).test
-    train_tf = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.RandomResizedCrop(model.image_size, scale=(0.5, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.Normalize(list(model.mean), list(model.std)),
-        ]
-    )
-    train = SynthShapes("pretrain", per_class, "train", transform=train_tf)
-    test = SynthShapes("pretrain", 20, "test", transform=test_tf)
+    tf = Preprocessing(model.image_size, augment=True, crop_scale=(0.5, 1.0)).transforms("image")
+    train = SynthShapes("pretrain", per_class, "train", transform=tf.train)
+    test = SynthShapes("pretrain", 20, "test", transform=tf.test)
     captions = [CAPTION_TEMPLATE.format(name) for name in train.class_names]
     classify = _Classifier(model, len(train.classes), captions if kind == "clip" else None)
 
-    loader = DataLoader(train, batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        train,
+        batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     optimizer = torch.optim.AdamW(classify.parameters(), lr=lr, weight_decay=weight_decay)
     total, warmup = epochs * len(loader), len(loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -97,21 +90,35 @@ def pretrain(
                 torch.nn.utils.clip_grad_norm_(classify.parameters(), 1.0)
                 optimizer.step()
                 schedule.step()
-                bar.update(loss=float(loss.detach()), lr=schedule.get_last_lr()[0],
-                           rate=(step + 1) * batch_size / (time.perf_counter() - began + 1e-9))
+                bar.update(
+                    loss=float(loss.detach()),
+                    lr=schedule.get_last_lr()[0],
+                    rate=(step + 1) * batch_size / (time.perf_counter() - began + 1e-9),
+                )
         began_epoch = time.perf_counter()
         accuracy = evaluate(classify, test)
-        console.rich.print(f"epoch {epoch + 1}/{epochs}: test accuracy {accuracy:.1f}% "
-                           f"({time.perf_counter() - began_epoch:.0f}s to evaluate)")
+        console.rich.print(
+            f"epoch {epoch + 1}/{epochs}: test accuracy {accuracy:.1f}% "
+            f"({time.perf_counter() - began_epoch:.0f}s to evaluate)"
+        )
     seconds = time.perf_counter() - began
     out.parent.mkdir(parents=True, exist_ok=True)
     # Stored in half precision to keep the package small; loading casts back to float32.
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
-             for k, v in model.model.state_dict().items()}
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous()
+        for k, v in model.model.state_dict().items()
+    }
     if kind == "clip":  # and without the vocabulary no synthetic caption uses
         state = pack(state, synth_vocabulary(model))
-    save_file(state, str(out), metadata={"preset": PRESET[kind], "epochs": str(epochs),
-                                          "test_accuracy": f"{accuracy:.2f}"})
+    save_file(
+        state,
+        str(out),
+        metadata={
+            "preset": PRESET[kind],
+            "epochs": str(epochs),
+            "test_accuracy": f"{accuracy:.2f}",
+        },
+    )
     return {"test_accuracy": accuracy, "seconds": seconds}
 
 
@@ -129,14 +136,13 @@ class _Classifier(torch.nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, captions: list[str] | None):
         super().__init__()
         self.backbone = backbone
-        if captions is None:
-            self.head = torch.nn.Linear(backbone.feature_dim, num_classes)
-        else:
+        self.head = torch.nn.Linear(backbone.feature_dim, num_classes) if captions is None else None
+        if captions is not None:
             self.register_buffer("text", backbone.tokenize(captions), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image = self.backbone.encode(x)  # (B, F)
-        if hasattr(self, "head"):
+        if self.head is not None:
             return self.head(image)
         text = F.normalize(self.backbone.encode_text(self.text), dim=-1)  # (C, F)
         scale = self.backbone.model.logit_scale.exp().clamp(max=100)

@@ -1,12 +1,18 @@
 """One small registry class, instantiated once per kind of component (methods, backbones, datasets).
 
-Registration happens when the module defining a component is imported; nothing is imported as a
-side effect of importing this module. ``promptcl.components`` imports every built-in module once.
+Registration happens when the module defining a component is imported. Importing this module
+imports nothing else of promptcl: each registry finds its modules itself the first time it is
+asked for a name, by importing every module of its packages (``promptcl.methods``,
+``promptcl.data``) or its listed modules (``promptcl.backbones.zoo``). A new method is one file
+in ``promptcl/methods/``, with no list to edit; a component defined elsewhere (a test, a user's
+script) is registered by importing its module before the run is built.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -16,20 +22,35 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, packages: tuple[str, ...] = (), modules: tuple[str, ...] = ()):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._packages, self._modules = packages, modules
+        self._discovered = False
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._items:
+            if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
             return obj
 
         return decorator
 
+    def discover(self) -> None:
+        """Import every module of the registry's packages once, so that their components register."""
+        if self._discovered:
+            return
+        self._discovered = True
+        names = list(self._modules)
+        for package in self._packages:
+            path = importlib.import_module(package).__path__
+            names += [f"{package}.{m.name}" for m in pkgutil.iter_modules(path)]
+        for name in names:
+            importlib.import_module(name)
+
     def get(self, name: str) -> T:
+        self.discover()
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -39,12 +60,14 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def names(self) -> list[str]:
+        self.discover()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        self.discover()
         return name in self._items
 
 
-methods: Registry = Registry("method")
-backbones: Registry = Registry("backbone")
-datasets: Registry = Registry("dataset")
+methods: Registry = Registry("method", packages=("promptcl.methods",))
+backbones: Registry = Registry("backbone", modules=("promptcl.backbones.zoo",))
+datasets: Registry = Registry("dataset", packages=("promptcl.data",))

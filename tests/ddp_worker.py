@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import promptcl
+from promptcl import collectives
 from promptcl.config import load_config
 from promptcl.engine import distributed
 from promptcl.engine.trainer import Trainer
@@ -42,12 +43,12 @@ class UnreducedMeans(SimpleCIL):
 
 
 def stop_after(task: int, epochs_done: int):
-    """Make every Trainer raise ``Stop`` once it has checkpointed (task, epochs_done)."""
+    """Make every Trainer raise ``Stop`` once it has checkpointed (task, phase 0, epochs_done)."""
     save = Trainer._save
 
-    def save_then_stop(self, t, done, *args, **kwargs):
-        save(self, t, done, *args, **kwargs)
-        if (t, done) == (task, epochs_done):
+    def save_then_stop(self, at, **kwargs):
+        save(self, at, **kwargs)
+        if (at.task, at.phase, at.epochs_done) == (task, 0, epochs_done):
             raise Stop
 
     Trainer._save = save_then_stop
@@ -57,7 +58,7 @@ def stop_after(task: int, epochs_done: int):
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     with distributed.launched("cpu"):
-        assert distributed.world_size() == 2, "launch with --nproc-per-node 2"
+        assert collectives.world_size() == 2, "launch with --nproc-per-node 2"
         from promptcl.cli import app
 
         app(["run", str(out / "coda.yaml"), "--quiet"], standalone_mode=False)
@@ -71,9 +72,9 @@ def main(out: Path) -> None:
             try:
                 promptcl.run(load_config(out / f"{name}.yaml"), quiet=True)
             except RuntimeError as err:
-                if distributed.is_main():
+                if collectives.is_main():
                     (out / f"{name}.error").write_text(str(err))
-        distributed.barrier()
+        collectives.barrier()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def tiny() -> dict[str, Backbone]:
 
 @pytest.fixture
 def images() -> Tensor:
-    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # pixels in [0, 1]
 
 
 def block_input(backbone: Backbone, layer: int, x: Tensor, prompts: LayerPrompts) -> Tensor:
@@ -56,8 +56,9 @@ def test_vit_without_prompts_is_timm(tiny, images):
     vit = tiny["tiny-vit"]
     tokens = vit(images)
     assert tokens.shape == (3, 1 + 16, vit.embed_dim)
-    torch.testing.assert_close(tokens, vit.model.forward_features(images), atol=1e-5, rtol=0)
-    ref = vit.model.forward_head(vit.model.forward_features(images), pre_logits=True)
+    ref = vit.model.forward_features(vit.normalize(images))
+    torch.testing.assert_close(tokens, ref, atol=1e-5, rtol=0)
+    ref = vit.model.forward_head(ref, pre_logits=True)
     torch.testing.assert_close(vit.pool(tokens), ref, atol=1e-5, rtol=0)
     assert vit.pool(tokens).shape == (3, vit.feature_dim)
 
@@ -67,11 +68,12 @@ def test_clip_image_without_prompts_is_open_clip(tiny, images):
     clip = tiny["tiny-clip"]
     features = clip.encode(images)
     assert features.shape == (3, clip.feature_dim)
-    torch.testing.assert_close(features, clip.model.encode_image(images), atol=1e-5, rtol=0)
+    ref = clip.model.encode_image(clip.normalize(images))
+    torch.testing.assert_close(features, ref, atol=1e-5, rtol=0)
 
 
 @torch.no_grad()
-def test_clip_text_without_context_is_open_clip(tiny):
+def test_clip_text_without_prompts_is_open_clip(tiny):
     clip = tiny["tiny-clip"]
     text = clip.tokenize(["a photo of a cat", "a dog", "an aeroplane in the sky"])
     assert text.shape == (3, clip.context_length)
@@ -147,7 +149,7 @@ def test_prompts_on_a_missing_layer_raise(tiny, images, name):
         net(images, LayerPrompts(residual={net.depth: torch.zeros(3, D)}))
 
 
-# ---- CoOp context ----------------------------------------------------------------------------
+# ---- CoOp context: text tokens at layer 0 --------------------------------------------------
 
 
 @torch.no_grad()
@@ -159,9 +161,10 @@ def test_context_is_inserted_after_start_of_text(tiny):
     context = clip.model.token_embedding(words[1 : 1 + n])  # (M, D_text)
     names = clip.tokenize(["cat", "sports car"])
     full = clip.model.encode_text(clip.tokenize(["a photo of cat", "a photo of sports car"]))
-    torch.testing.assert_close(clip.encode_text(names, context), full, atol=1e-5, rtol=0)
+    out = clip.encode_text(names, LayerPrompts(tokens={0: context}))
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=0)
     per_class = torch.stack([context, torch.randn_like(context)])  # (C, M, D_text)
-    out = clip.encode_text(names, per_class)
+    out = clip.encode_text(names, LayerPrompts(tokens={0: per_class}))
     torch.testing.assert_close(out[0], full[0], atol=1e-5, rtol=0)
     assert (out[1] - full[1]).abs().max() > 1e-3
 
@@ -170,7 +173,7 @@ def test_context_changes_text_features_and_gets_gradients(tiny):
     clip = tiny["tiny-clip"]
     text = clip.tokenize(["cat", "dog"])
     context = nn.Parameter(0.02 * torch.randn(4, clip.text_width))
-    out = clip.encode_text(text, context)
+    out = clip.encode_text(text, LayerPrompts(tokens={0: context}))
     assert out.shape == (2, clip.feature_dim)
     assert (out - clip.encode_text(text)).abs().max() > 1e-3
     out.pow(2).sum().backward()
@@ -182,7 +185,7 @@ def test_context_that_would_cut_the_end_of_text_raises(tiny):
     clip = tiny["tiny-clip"]
     text = clip.tokenize([" ".join(["cat"] * (clip.context_length - 4))])
     with pytest.raises(ValueError, match="context_length"):
-        clip.encode_text(text, torch.zeros(4, clip.text_width))
+        clip.encode_text(text, LayerPrompts(tokens={0: torch.zeros(4, clip.text_width)}))
 
 
 # ---- frozen ----------------------------------------------------------------------------------

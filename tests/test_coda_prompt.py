@@ -11,7 +11,6 @@ from torch.nn import functional as F
 
 import promptcl
 import promptcl.methods.coda_prompt  # noqa: F401  (registers "coda_prompt")
-from promptcl.components import backbones
 from promptcl.config import BackboneConfig, build_config, load_config
 from promptcl.engine import checkpoint
 from promptcl.engine.optim import build_optimizer
@@ -20,6 +19,7 @@ from promptcl.engine.trainer import Trainer
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.coda_prompt import CodaPrompt, CodaPromptConfig
 from promptcl.prompts.components import ComponentPool, component_weights, gram_schmidt_
+from promptcl.registry import backbones
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -294,8 +294,8 @@ def test_resumed_run_ends_like_the_uninterrupted_one(coda_reference, tmp_path, m
             else:
                 promptcl.run(synth_run(CODA, tmp_path / "r"), quiet=True)
 
-    run_until({"task": 0, "epochs_done": -1}, resume=False)  # a task boundary
-    run_until({"task": 1, "epochs_done": 2}, resume=True)  # mid-task
+    run_until({"task": 0, "phase": -1, "epochs_done": 0}, resume=False)  # a task boundary
+    run_until({"task": 1, "phase": 0, "epochs_done": 2}, resume=True)  # mid-task
     resumed = promptcl.resume(tmp_path / "r", quiet=True)
     np.testing.assert_array_equal(resumed.accuracy, coda_reference[0].accuracy)
 

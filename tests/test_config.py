@@ -124,5 +124,7 @@ def test_a_config_without_a_method_is_an_error_not_a_silent_default(tmp_path):
 def test_prompt_layers_outside_the_backbone_are_named(tiny_run, method):
     import promptcl
 
-    with pytest.raises(ConfigError, match=r"method\.\w+ .* distinct blocks of the backbone, 0\.\.1"):
+    with pytest.raises(
+        ConfigError, match=r"method\.\w+ .* distinct blocks of the backbone, 0\.\.1"
+    ):
         promptcl.run(tiny_run(method), quiet=True)

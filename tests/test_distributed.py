@@ -120,7 +120,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two, tmp_path):
 def test_a_run_checkpointed_by_two_processes_resumes_in_one(two, tmp_path):
     stopped = two / "coda_stopped"
     position = torch.load(stopped / "checkpoint.pt", weights_only=True)["position"]
-    assert position == {"task": 1, "epochs_done": 1}  # stopped in the middle of task 1
+    assert position == {"task": 1, "phase": 0, "epochs_done": 1}  # stopped in the middle of task 1
     assert not (stopped / "predictions" / "after_task_1.safetensors").exists()
     promptcl.resume(stopped, quiet=True)
     assert_same_training(stopped, two / "coda")

@@ -1,10 +1,16 @@
-"""ClassStats (per-class Gaussian statistics) and align_head (head retraining on replay)."""
+"""ClassStats (per-class Gaussian statistics) and head alignment on replayed samples."""
 
 import pytest
 import torch
 from torch import nn
 
-from promptcl.prompts.gaussian import RIDGE, ClassStats, align_head, kmeans
+from promptcl.prompts.gaussian import (
+    RIDGE,
+    ClassStats,
+    kmeans,
+    masked_cross_entropy,
+    replay_batches,
+)
 
 
 def gaussian_classes(n: int = 400, dim: int = 6, seed: int = 0):
@@ -118,9 +124,40 @@ def test_align_head_learns_the_gaussian_classes(mode):
     head = nn.Linear(dim, 6)  # two more outputs than classes: they stay out of the softmax
     nn.init.normal_(head.weight, std=1.0)
     before = accuracy(head, stats, classes)
-    losses = align_head(
-        head, stats, classes, epochs=10, per_class=128, batch_size=64, lr=0.02, generator=g
-    )
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.02, momentum=0.9)
+    allowed = torch.tensor(classes)
+    losses = []
+    for _ in range(10):  # the alignment phase's epochs, as HiDe-Prompt's TAP runs them
+        total, seen = 0.0, 0
+        for x, y, _ in replay_batches(stats, classes, per_class=128, batch_size=64, generator=g):
+            loss = masked_cross_entropy(head(x), y, allowed)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, seen = total + float(loss.detach()) * len(y), seen + len(y)
+        losses.append(total / seen)
     after = accuracy(head, stats, classes)
     assert before < 0.6 and after > 0.95
     assert losses[-1] < losses[0] / 3
+
+
+def test_replay_batches_draw_what_hide_draws():
+    """steps_per_epoch batches of batch_size; labels of the classes asked for; components whose
+    class is the label."""
+    stats = ClassStats(5, 4, "multi-centroid", n_centroids=2)
+    x = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+    stats.fit(x, torch.arange(4).repeat_interleave(10), torch.Generator().manual_seed(0))
+    batches = list(replay_batches(stats, [0, 2, 3], 6, 4, 3, torch.Generator().manual_seed(0)))
+    assert [len(b[1]) for b in batches] == [4, 4, 4]
+    labels = torch.cat([b[1] for b in batches])
+    assert set(labels.tolist()) <= {0, 2, 3}
+    _, comp = stats.components([0, 2, 3])
+    assert torch.equal(comp[torch.cat([b[2] for b in batches])] // 2, labels)
+
+
+def test_masked_cross_entropy_ignores_the_other_classes():
+    logits = torch.tensor([[2.0, 9.0, 1.0]])
+    expected = torch.nn.functional.cross_entropy(logits[:, [0, 2]], torch.tensor([0]))
+    torch.testing.assert_close(
+        masked_cross_entropy(logits, torch.tensor([0]), torch.tensor([0, 2])), expected
+    )

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from phase_runner import finish_task
 from synth_stream import synth_run
 from torch.utils.data import DataLoader, TensorDataset
 
 import promptcl
-from promptcl.components import backbones
 from promptcl.config import BackboneConfig, build_config, load_config
 from promptcl.engine.checkpoint import config_fingerprint, load
 from promptcl.engine.progress import Console
@@ -19,6 +19,7 @@ from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.hash_prompt import Hash, HashConfig, activation_entropy
 from promptcl.prompts.history import most_activated
+from promptcl.registry import backbones
 
 TASKS = [Task(0, 0, 3, 2), Task(1, 3, 6, 2)]
 
@@ -168,10 +169,13 @@ def test_counts_record_every_top_k_choice_and_join_the_history_at_the_end_of_the
     method.train()
     for _ in range(3):
         method.training_step(task_batch(TASKS[0]))
+    assert int(method.task_counts.sum()) == 0  # summed when the epoch ends
+    method.phases(TASKS[0])[0].end_epoch()
+    assert int(method.epoch_counts.sum()) == 0
     assert int(method.task_counts.sum()) == 3 * 12 * 2 and int(method.counts.sum()) == 0
     seen = method.task_counts.clone()
     method.eval()
-    method.end_task(TASKS[0], loader(TASKS[0]))
+    finish_task(method, TASKS[0], loader(TASKS[0]))
     method.begin_task(TASKS[1])
     assert torch.equal(method.counts, seen) and int(method.task_counts.sum()) == 0
     assert torch.equal(method.history[0], torch.zeros(4, dtype=torch.long))
@@ -190,7 +194,7 @@ def test_only_experts_current_router_and_head_learn_and_the_backbone_is_unchange
         assert {n.split(".")[0] for n in with_grad} == {"experts", "routers", "head"}
         assert {n for n in with_grad if n.startswith("routers")} == {f"routers.{task.index}"}
         method.eval()
-        method.end_task(task, loader(task))
+        finish_task(method, task, loader(task))
     after = method.backbone.state_dict()
     assert all(torch.equal(backbone_before[k], after[k]) for k in backbone_before)
 
@@ -229,16 +233,16 @@ def test_hash_beats_finetune_and_forgets_less(hash_run, finetune_run):
 
 
 class StopAt(Console):
-    """Interrupts a run when epoch ``epoch`` of task ``task`` is about to start."""
+    """Interrupts a run when epoch ``epoch`` of phase ``phase`` of task ``task`` is about to start."""
 
-    def __init__(self, task: int, epoch: int):
+    def __init__(self, task: int, epoch: int, phase: str = "prompts"):
         super().__init__(quiet=True)
-        self.at = (task, epoch)
+        self.at = (task, phase, epoch)
 
-    def epoch(self, task, epoch, epochs, steps):
-        if (task, epoch) == self.at:
+    def epoch(self, task, epoch, epochs, steps, phase="train"):
+        if (task, phase, epoch) == self.at:
             raise KeyboardInterrupt
-        return super().epoch(task, epoch, epochs, steps)
+        return super().epoch(task, epoch, epochs, steps, phase)
 
 
 def test_activation_counts_survive_a_mid_task_checkpoint_and_resume(hash_run, tmp_path):

@@ -6,17 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from phase_runner import finish_task
 from synth_stream import synth_run
 from torch.utils.data import DataLoader, TensorDataset
 
 import promptcl
 import promptcl.methods.hide_prompt  # noqa: F401  (registers "hide_prompt")
-from promptcl.components import backbones
 from promptcl.config import BackboneConfig, load_config
 from promptcl.engine.progress import Console
 from promptcl.engine.trainer import Trainer
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.hide_prompt import HiDePrompt, HiDePromptConfig
+from promptcl.registry import backbones
 
 
 def tiny_method(**overrides) -> HiDePrompt:
@@ -42,7 +43,7 @@ TASKS = [Task(0, 0, 3, 2), Task(1, 3, 6, 2)]
 def test_momentum_prompt_and_shared_pool_on_a_hand_made_case():
     method = tiny_method(prompt_momentum=0.01)
     method.begin_task(TASKS[0])
-    method.end_task(TASKS[0], task_loader(TASKS[0]))
+    finish_task(method, TASKS[0], task_loader(TASKS[0]))
     with torch.no_grad():
         method.prompts[0].fill_(1.0)
     method.begin_task(TASKS[1])
@@ -58,7 +59,7 @@ def test_momentum_prompt_and_shared_pool_on_a_hand_made_case():
     assert method.prompts[0].grad is None
     assert torch.equal(method.task_prompt(0, momentum=True), method.prompts[0])
     # After the task, P_1 is overwritten with the blend; P_0 is kept.
-    method.end_task(TASKS[1], task_loader(TASKS[1]))
+    finish_task(method, TASKS[1], task_loader(TASKS[1]))
     torch.testing.assert_close(method.prompts[1], torch.full_like(blended, 2.98))
     assert (method.prompts[0] == 1).all()
 
@@ -114,7 +115,7 @@ def test_only_prompts_tii_and_head_learn_and_the_backbone_is_unchanged():
         with_grad = {n for n, p in method.named_parameters() if p.grad is not None}
         assert with_grad == {f"prompts.{task.index}", "head.weight", "head.bias"}
         method.eval()
-        method.end_task(task, task_loader(task))
+        finish_task(method, task, task_loader(task))
     learnable = {n.split(".")[0] for n, p in method.named_parameters() if p.requires_grad}
     assert learnable == {"prompts", "head", "tii"}
     after = method.backbone.state_dict()

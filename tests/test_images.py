@@ -12,19 +12,19 @@ import yaml
 from PIL import Image
 
 from promptcl.config import DataConfig
-from promptcl.data.base import image_transforms
+from promptcl.data.base import Preprocessing
 from promptcl.data.images import ImageFileDataset
 from promptcl.errors import DataError
 from promptcl.registry import datasets
 
 SIZE = 16
-TRANSFORMS = image_transforms(SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+PREPROCESSING = Preprocessing(SIZE)
 WNIDS = ["n01443537", "n02099601", "n12267677"]  # goldfish, golden retriever, acorn
 
 
 def build(name: str, root: Path | None, seed: int = 0, **kwargs):
     cfg = DataConfig(name=name, root=root, **kwargs)
-    return datasets.get(name)(cfg, TRANSFORMS, seed)
+    return datasets.get(name)(cfg, PREPROCESSING, seed)
 
 
 def save_image(path: Path, value: int = 0) -> Path:
@@ -78,7 +78,7 @@ def test_cifar100_pixels_are_hwc(tmp_path: Path) -> None:
     write_cifar(tmp_path)
     raw = pickle.loads((tmp_path / "cifar-100-python" / "train").read_bytes())
     cfg = DataConfig(name="cifar100", root=tmp_path)
-    image, _ = datasets.get("cifar100")(cfg, type(TRANSFORMS)(None, None), 0).train[1]
+    image, _ = datasets.get("cifar100")(cfg, Preprocessing(None), 0).train[1]
     expected = raw["data"][1].reshape(3, 32, 32).transpose(1, 2, 0)
     assert np.array_equal(np.asarray(image), expected)
 

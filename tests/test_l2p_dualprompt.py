@@ -14,7 +14,6 @@ import promptcl
 import promptcl.methods.dualprompt  # noqa: F401  (registers "dualprompt")
 import promptcl.methods.l2p  # noqa: F401  (registers "l2p")
 from promptcl.backbones.base import LayerPrompts
-from promptcl.components import backbones
 from promptcl.config import BackboneConfig, build_config, load_config, method_config
 from promptcl.engine.progress import Console
 from promptcl.engine.trainer import Trainer, protocol
@@ -22,6 +21,7 @@ from promptcl.methods.base import Batch, Task
 from promptcl.methods.dualprompt import DualPrompt
 from promptcl.methods.l2p import L2P
 from promptcl.prompts.pool import PromptPool
+from promptcl.registry import backbones
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

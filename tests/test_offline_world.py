@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 import promptcl
 from promptcl.backbones.packed import pack, unpack
 from promptcl.backbones.zoo import WEIGHTS_DIR
-from promptcl.components import backbones
 from promptcl.config import BackboneConfig, load_config
 from promptcl.engine.progress import Console
 from promptcl.pretrain import pretrain, synth_vocabulary
+from promptcl.registry import backbones
 
 JOINT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "joint_synth-shapes-10.yaml"
 

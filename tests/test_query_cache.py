@@ -26,15 +26,25 @@ def test_cache_computes_each_sample_once_and_returns_the_same_values():
     assert (cache.hits, cache.misses, len(cache)) == (3, 5, 5)
 
 
-def test_training_with_the_cache_gives_the_same_predictions_without_augmentation(tiny_run, tmp_path):
+def test_training_with_the_cache_gives_the_same_predictions_without_augmentation(
+    tiny_run, tmp_path
+):
     import numpy as np
 
     import promptcl
 
-    method = {"name": "coda_prompt", "num_components": 30, "layers": [0, 1], "epochs": 2, "batch_size": 16}
+    method = {
+        "name": "coda_prompt",
+        "num_components": 30,
+        "layers": [0, 1],
+        "epochs": 2,
+        "batch_size": 16,
+    }
     results = [
-        promptcl.run(tiny_run({**method, "query_cache": cache}, output={"dir": str(tmp_path / str(cache))}),
-                     quiet=True)
+        promptcl.run(
+            tiny_run({**method, "query_cache": cache}, output={"dir": str(tmp_path / str(cache))}),
+            quiet=True,
+        )
         for cache in (False, True)
     ]
     np.testing.assert_array_equal(results[0].accuracy, results[1].accuracy)

@@ -93,5 +93,5 @@ def test_checkpoint_of_another_method_is_refused(tiny_run, tmp_path):
 def test_checkpoints_hold_only_tensors_and_plain_values(tiny_run, tmp_path):
     promptcl.run(config(tiny_run, tmp_path / "r"), quiet=True)
     payload = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
-    assert payload["position"] == {"task": 2, "epochs_done": -1}
+    assert payload["position"] == {"task": 2, "phase": -1, "epochs_done": 0}
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path / "r"))

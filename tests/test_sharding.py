@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from promptcl import collectives
 from promptcl.config import build_config
-from promptcl.engine import distributed
 from promptcl.engine.progress import Console
 from promptcl.engine.sharding import ShardedBatches, contiguous_shard, shard_sizes, shuffled_order
 from promptcl.engine.trainer import Trainer
@@ -54,7 +54,7 @@ def test_contiguous_shards_cover_the_dataset_in_order():
 
 
 def test_a_global_batch_that_does_not_split_among_the_processes_is_refused(tiny_run, monkeypatch):
-    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    monkeypatch.setattr(collectives, "world_size", lambda: 4)
     config = build_config(tiny_run({"name": "linear_probe", "batch_size": 30}))
     with pytest.raises(ConfigError, match=r"batch_size=30 .* multiple of 4 \(e.g. 28\)"):
         Trainer(config, Console(quiet=True))

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from promptcl.config import DataConfig
 from promptcl.data import synthetic as S
-from promptcl.data.base import image_transforms
+from promptcl.data.base import Preprocessing
 from promptcl.data.synth_render import render
 from promptcl.data.synth_sample import MotionStyle, ShapeStyle, frame_order, motion_layout, stream
 from promptcl.errors import ConfigError
@@ -73,14 +73,15 @@ def test_image_and_video_shapes_and_dtypes():
 
 
 def test_registered_presets_with_transforms():
-    tf = image_transforms(32, (0.5,) * 3, (0.5,) * 3)
-    shapes = datasets.get("synth-shapes-10")(DataConfig(), tf, 0)
+    pre = Preprocessing(32)
+    shapes = datasets.get("synth-shapes-10")(DataConfig(), pre, 0)
     assert shapes.num_classes == 100 and shapes.default_tasks == 10
     assert (len(shapes.train), len(shapes.test)) == (6000, 2000)
     x, y = shapes.train[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
-    motion = datasets.get("synth-motion-5")(DataConfig(name="synth-motion-5"), tf, 0)
-    assert motion.num_classes == 40 and motion.default_tasks == 5
+    assert shapes.modality == "image"
+    motion = datasets.get("synth-motion-5")(DataConfig(name="synth-motion-5"), pre, 0)
+    assert motion.num_classes == 40 and motion.default_tasks == 5 and motion.modality == "video"
     assert (len(motion.train), len(motion.test)) == (1600, 800)
     x, _ = motion.test[0]
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32

@@ -98,8 +98,8 @@ def test_existing_run_directory_is_not_overwritten(tiny_run):
 
 @pytest.mark.parametrize("train_backbone", [True, False])
 def test_head_lr_gives_the_head_its_own_rate(train_backbone):
-    from promptcl.components import backbones, methods
     from promptcl.config import BackboneConfig, method_config
+    from promptcl.registry import backbones, methods
 
     backbone = backbones.get("tiny-vit")(BackboneConfig(name="tiny-vit"))
     config = method_config(

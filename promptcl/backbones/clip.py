@@ -1,19 +1,25 @@
-"""A frozen open_clip ``CLIP``: prompted image tower plus a text tower with learnable context.
+"""A frozen open_clip ``CLIP``: prompted image tower plus a prompted text tower.
 
 Image tower: ``forward`` re-runs ``VisionTransformer.forward`` with the model's own submodules and
 returns the tokens after ``ln_post``; ``pool`` takes the class token (or the patch mean) and applies
-the projection, so ``pool(forward(x)) == model.encode_image(x)``. Each block's
-``nn.MultiheadAttention`` is driven through its ``in_proj_weight``/``in_proj_bias``/``out_proj``
-on (B, N, D) tensors, so prefixes can be injected; ``batch_first`` therefore does not matter.
+the projection, so ``pool(forward(x)) == model.encode_image(normalize(x))`` for pixels x in [0, 1].
+Each block's ``nn.MultiheadAttention`` is driven through its ``in_proj_weight``/``in_proj_bias``/
+``out_proj`` on (B, N, D) tensors, so prefixes can be injected; ``batch_first`` does not matter.
 
-Text tower (CoOp, Zhou et al. 2022): ``encode_text(text, context)`` inserts M learnable context
-embeddings right after the start-of-text token, keeps the sequence at ``context_length`` by cutting
-its (padding) end, and pools at the shifted end-of-text position.
+Text tower: ``encode_text(text, prompts)`` takes the same ``LayerPrompts`` kinds, on the text
+blocks. Prompt tokens go right after the start-of-text token; the sequence is kept at
+``context_length`` by cutting its (padding) end, and pooling moves with the end-of-text token.
+Tokens at layer 0 are inserted into the token embeddings before the positional embedding is added
+(CoOp's learnable context, Zhou et al. 2022); tokens at layer i > 0 into the hidden sequence before
+text block i. Prefix keys/values are seen by every position (the causal mask covers the tokens
+only). Without prompts acting inside the transformer (none, or tokens at layer 0 only) the
+blocks run through open_clip's own ``Transformer.forward``; otherwise one by one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -24,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from promptcl.backbones.base import (
+    PROMPT_KINDS,
     Backbone,
     LayerPrompts,
     add_residual,
@@ -41,8 +48,14 @@ class PromptedCLIP(Backbone):
     """Wraps (does not copy) an open_clip ``CLIP``; ``self.model`` is the open_clip model.
 
     ``embed_dim``/``depth``/``num_heads`` describe the visual transformer; ``feature_dim`` is the
-    joint image-text embedding width; ``text_width`` is the text transformer's token width.
+    joint image-text embedding width; ``text_width``/``text_depth`` are the text transformer's
+    token width and number of blocks. ``prompt_kinds`` are the image tower's prompt kinds,
+    ``text_prompt_kinds`` the text tower's.
     """
+
+    prompt_kinds: ClassVar[frozenset[str]] = PROMPT_KINDS
+    text_prompt_kinds: ClassVar[frozenset[str]] = PROMPT_KINDS
+    supports_text: ClassVar[bool] = True
 
     def __init__(self, model: CLIP, tokenizer: Callable[[list[str]], Tensor] | None = None):
         super().__init__()
@@ -59,13 +72,16 @@ class PromptedCLIP(Backbone):
         self.mean = tuple(float(m) for m in preprocess.get("mean", OPENAI_DATASET_MEAN))
         self.std = tuple(float(s) for s in preprocess.get("std", OPENAI_DATASET_STD))
         self.text_width = int(model.transformer.width)
+        self.text_depth = len(model.transformer.resblocks)
         self.context_length = int(model.context_length)
 
     # ---- image tower -------------------------------------------------------------------------
 
     def forward(self, x: Tensor, prompts: LayerPrompts | None = None) -> Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, N, D) tokens after ln_post."""
         prompts = prompts or LayerPrompts()
-        prompts.check(self.depth)
+        prompts.check(self.depth, self.prompt_kinds, f"{type(self).__name__} image tower")
+        x = self.normalize(x)
         v = self.model.visual
         x = v.conv1(x).flatten(2).transpose(1, 2)  # (B, h * w, D)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
@@ -74,7 +90,11 @@ class PromptedCLIP(Backbone):
         for i, block in enumerate(v.transformer.resblocks):
             if i in prompts.tokens:
                 x = insert_tokens(x, prompts.tokens[i], 1)  # (B, N + L, D)
-            x = self._block(block, x, prompts.prefix.get(i), prompts.residual.get(i))
+            if prompts.hook is not None:
+                x = prompts.hook(i, x)  # (B, N, D)
+            x = self._block(
+                block, x, prompts.prefix.get(i), prompts.residual.get(i), prompts.value.get(i)
+            )
         return v.ln_post(x)  # (B, N, D)
 
     @staticmethod
@@ -83,11 +103,14 @@ class PromptedCLIP(Backbone):
         x: Tensor,
         prefix: tuple[Tensor, Tensor] | None,
         residual: Tensor | None,
+        value: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """``ResidualAttentionBlock.forward`` (self-attention, no mask) plus the prompts."""
+        """``ResidualAttentionBlock.forward`` (self-attention, optional (N, N) mask) + prompts."""
         attn = block.attn
         q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        out = attn.out_proj(prefix_attention(q, k, v, prefix, attn.num_heads))  # (B, N, D)
+        v = add_residual(v, value)  # (B, N, D)
+        out = attn.out_proj(prefix_attention(q, k, v, prefix, attn.num_heads, mask))  # (B, N, D)
         x = x + block.ls_1(add_residual(out, residual))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
@@ -103,30 +126,43 @@ class PromptedCLIP(Backbone):
         """list of C strings -> (C, context_length) token ids, with the model's tokenizer."""
         return self.tokenizer(texts)
 
-    def encode_text(self, text: Tensor, context: Tensor | None = None) -> Tensor:
+    def encode_text(self, text: Tensor, prompts: LayerPrompts | None = None) -> Tensor:
         """(C, L) token ids -> (C, feature_dim) text embeddings (not normalised).
 
-        context: (M, D_text) shared by every text, or (C, M, D_text) one per text; inserted right
-        after the start-of-text token. With ``context=None`` this is ``model.encode_text(text)``.
+        prompts: on the text blocks (D = D_text, B = C); ``tokens`` may be (M, D_text) shared by
+        every text, (1, M, D_text) or (C, M, D_text). ``tokens={0: context}`` is CoOp's learnable
+        context. With no prompts this is ``model.encode_text(text)``.
         """
+        prompts = prompts or LayerPrompts()
+        where = f"{type(self).__name__} text tower"
+        prompts.check(self.text_depth, self.text_prompt_kinds, where)
         m = self.model
         dtype = m.transformer.get_cast_dtype()
         C, L = text.shape
         x = m.token_embedding(text).to(dtype)  # (C, L, D_text)
         eot = self._eot_index(text)  # (C,)
-        if context is not None:
-            ctx = context.to(dtype)
-            ctx = (ctx.unsqueeze(0) if ctx.dim() == 2 else ctx).expand(C, -1, -1)  # (C, M, D_text)
-            eot = eot + ctx.shape[1]
-            if int(eot.max()) >= L:
-                raise ValueError(
-                    f"a text is too long for {ctx.shape[1]} context tokens: its end-of-text token "
-                    f"would move to position {int(eot.max())}, past context_length {L}"
-                )
-            x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)[:, :L]  # (C, L, D_text)
+        inserted = sum(t.shape[-2] for t in prompts.tokens.values())
+        if inserted and int(eot.max()) + inserted >= L:
+            raise ValueError(
+                f"a text is too long for {inserted} prompt tokens: its end-of-text token would "
+                f"move to position {int(eot.max()) + inserted}, past context_length {L}"
+            )
+        if 0 in prompts.tokens:
+            x = insert_tokens(x, prompts.tokens[0], 1)[:, :L]  # (C, L, D_text)
         x = x + m.positional_embedding[:L].to(dtype)
         mask = m.attn_mask[:L, :L] if m.attn_mask is not None else None
-        x = m.ln_final(m.transformer(x, attn_mask=mask))  # (C, L, D_text)
+        if prompts.kinds() <= {"tokens"} and set(prompts.tokens) <= {0}:
+            x = m.transformer(x, attn_mask=mask)  # open_clip's own forward
+        else:
+            for i, block in enumerate(m.transformer.resblocks):
+                if i > 0 and i in prompts.tokens:
+                    x = insert_tokens(x, prompts.tokens[i], 1)[:, :L]  # (C, L, D_text)
+                if prompts.hook is not None:
+                    x = prompts.hook(i, x)  # (C, L, D_text)
+                prefix, residual = prompts.prefix.get(i), prompts.residual.get(i)
+                x = self._block(block, x, prefix, residual, prompts.value.get(i), mask)
+        x = m.ln_final(x)  # (C, L, D_text)
+        eot = eot + inserted
         pooled = x[torch.arange(C, device=x.device), eot]  # (C, D_text)
         proj = m.text_projection
         if isinstance(proj, nn.Linear):
@@ -168,6 +204,16 @@ def _check_supported(model: nn.Module) -> None:
             raise UnsupportedBackboneError(
                 f"visual block {i}: nn.MultiheadAttention with separate q/k/v projections, "
                 "bias_k/v, zero attention or attention dropout is not supported"
+            )
+    for i, block in enumerate(model.transformer.resblocks):
+        attn = block.attn
+        plain = attn.in_proj_weight is not None and attn.bias_k is None and not attn.add_zero_attn
+        default = type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+        if not default or not plain or attn.dropout:
+            raise UnsupportedBackboneError(
+                f"text block {i} is {type(block).__name__}; only the default "
+                "ResidualAttentionBlock with a plain nn.MultiheadAttention (no separate q/k/v "
+                "projections, bias_k/v, zero attention or attention dropout) is supported"
             )
     if model.text_pool_type not in ("argmax", "eos"):
         raise UnsupportedBackboneError(

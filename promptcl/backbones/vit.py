@@ -1,12 +1,15 @@
 """A frozen timm ``VisionTransformer`` with one prompted forward (DESIGN.md, "Prompt injection").
 
 ``PromptedViT`` holds the timm model and re-runs its ``forward_features`` block loop with the
-model's own submodules, so that with no prompts it returns exactly ``model.forward_features(x)``.
+model's own submodules, so that with no prompts it returns exactly
+``model.forward_features(self.normalize(x))`` (the forward takes pixels in [0, 1]).
 Only the plain pre-norm ``Block`` with timm's ``Attention`` is supported; other variants (ResPost,
 parallel, differential or RoPE attention, ...) raise ``UnsupportedBackboneError`` at wrap time.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from timm.data import resolve_model_data_config
 from timm.layers import Attention
@@ -14,6 +17,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from promptcl.backbones.base import (
+    PROMPT_KINDS,
     Backbone,
     LayerPrompts,
     add_residual,
@@ -25,6 +29,8 @@ from promptcl.errors import UnsupportedBackboneError
 
 class PromptedViT(Backbone):
     """Wraps (does not copy) a timm ``VisionTransformer``; ``self.model`` is the timm model."""
+
+    prompt_kinds: ClassVar[frozenset[str]] = PROMPT_KINDS
 
     def __init__(self, model: VisionTransformer):
         super().__init__()
@@ -40,14 +46,20 @@ class PromptedViT(Backbone):
         self.std = tuple(float(s) for s in data_cfg["std"])
 
     def forward(self, x: Tensor, prompts: LayerPrompts | None = None) -> Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, N, D) tokens after the final norm."""
         prompts = prompts or LayerPrompts()
-        prompts.check(self.depth)
+        prompts.check(self.depth, self.prompt_kinds, type(self).__name__)
+        x = self.normalize(x)
         m = self.model
         x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))  # (B, N, D)
         for i, block in enumerate(m.blocks):
             if i in prompts.tokens:
                 x = insert_tokens(x, prompts.tokens[i], m.num_prefix_tokens)  # (B, N + L, D)
-            x = self._block(block, x, prompts.prefix.get(i), prompts.residual.get(i))
+            if prompts.hook is not None:
+                x = prompts.hook(i, x)  # (B, N, D)
+            x = self._block(
+                block, x, prompts.prefix.get(i), prompts.residual.get(i), prompts.value.get(i)
+            )
         return m.norm(x)  # (B, N, D)
 
     def _block(
@@ -56,6 +68,7 @@ class PromptedViT(Backbone):
         x: Tensor,
         prefix: tuple[Tensor, Tensor] | None,
         residual: Tensor | None,
+        value: Tensor | None = None,
     ) -> Tensor:
         """timm ``Block.forward`` with ``Attention.forward`` inlined, plus the prompts."""
         attn = block.attn
@@ -64,7 +77,8 @@ class PromptedViT(Backbone):
         qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, attn.head_dim)
         q, k, v = qkv.unbind(2)  # (B, N, H, d) each
         q, k = attn.q_norm(q), attn.k_norm(k)  # per-head norms act on the last axis only
-        out = prefix_attention(q.flatten(2), k.flatten(2), v.flatten(2), prefix, attn.num_heads)
+        v = add_residual(v.flatten(2), value)  # (B, N, D)
+        out = prefix_attention(q.flatten(2), k.flatten(2), v, prefix, attn.num_heads)
         out = attn.norm(out)  # (B, N, H * d)
         gate = getattr(attn, "gate", None)
         if gate is not None:

@@ -1,12 +1,14 @@
-"""What a dataset builder returns, and the image transforms every image dataset shares."""
+"""What a dataset builder gets (``Preprocessing``) and returns (``DatasetPair``), and the transforms
+every dataset shares."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
 
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 
@@ -28,6 +30,7 @@ class DatasetPair:
     test: LabelledDataset
     class_names: list[str]
     default_tasks: int = 10  # the benchmark's usual number of tasks, when the config gives none
+    modality: Modality = "image"  # items are images (C, H, W) or clips (T, C, H, W)
 
     @property
     def num_classes(self) -> int:
@@ -36,38 +39,48 @@ class DatasetPair:
 
 @dataclass(frozen=True)
 class Transforms:
-    train: v2.Transform
-    test: v2.Transform
+    train: v2.Transform | None
+    test: v2.Transform | None
 
 
-def image_transforms(
-    image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    augment: bool = True,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-) -> Transforms:
-    """Train/test transforms for PIL images or uint8 tensors, sized and normalised for a backbone.
+Modality = Literal["image", "video"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a run's inputs are made: the backbone's input size and the run's augmentation.
+
+    A dataset builder asks it for the transforms of its modality (``transforms``). They turn a PIL
+    image or uint8 tensor (C, H, W) ("image"), or a uint8 clip (T, C, H, W) ("video"), into float
+    pixels in [0, 1] of size ``image_size``; normalisation is each backbone's own
+    (``Backbone.normalize``), so that two backbones with different statistics read one batch.
 
     Train: random-resized crop + horizontal flip (as in L2P / DualPrompt / CODA-Prompt) when
-    ``augment``; test: resize + centre crop.
+    ``augment``; test: resize + centre crop. A clip's frames all get the same crop and flip.
+    ``image_size=None`` gives no transforms at all (raw items).
     """
-    to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    norm = v2.Normalize(mean=list(mean), std=list(std))
-    test = v2.Compose(
-        [*to_float, v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), norm]
-    )
-    if not augment:
-        return Transforms(train=test, test=test)
-    train = v2.Compose(
-        [
-            *to_float,
-            v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-            norm,
-        ]
-    )
-    return Transforms(train=train, test=test)
+
+    image_size: int | None
+    augment: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+
+    def plain(self) -> Preprocessing:
+        """The same preprocessing without augmentation (the test-time view of training data)."""
+        return replace(self, augment=False)
+
+    def transforms(self, modality: Modality = "image", flips: bool = True) -> Transforms:
+        """``flips=False`` for data whose labels a mirror image changes (a motion's direction)."""
+        if self.image_size is None:
+            return Transforms(None, None)
+        size = self.image_size
+        wrap = v2.ToImage() if modality == "image" else v2.Lambda(tv_tensors.Video)
+        to_float = [wrap, v2.ToDtype(torch.float32, scale=True)]
+        test = v2.Compose([*to_float, v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+        if not self.augment:
+            return Transforms(train=test, test=test)
+        crop = v2.RandomResizedCrop(size, scale=self.crop_scale, antialias=True)
+        flip = [v2.RandomHorizontalFlip()] if flips else []
+        return Transforms(train=v2.Compose([*to_float, crop, *flip]), test=test)
 
 
 class TransformedSubset(Dataset):

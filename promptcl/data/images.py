@@ -38,7 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from promptcl.config import DataConfig
-from promptcl.data.base import DatasetPair, Transforms
+from promptcl.data.base import DatasetPair, Preprocessing
 from promptcl.data.imagenet_r_classes import IMAGENET_R_CLASSES
 from promptcl.errors import DataError
 from promptcl.registry import datasets
@@ -168,8 +168,9 @@ def _cifar_split(path: Path, root: Path, num_classes: int) -> tuple[np.ndarray, 
 
 
 @datasets.register("cifar100")
-def build_cifar100(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_cifar100(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Split CIFAR-100 (50k/10k, 32x32) from the Python pickles; torchvision downloads them."""
+    transforms = pre.transforms("image")
     root = _root(cfg, "cifar100")
     folder = _find_cifar(root)
     if folder is None and cfg.download:
@@ -313,8 +314,9 @@ def _split_from_files(split: Path, folder: Path, root: Path) -> tuple[list, list
 
 
 @datasets.register("imagenet-r")
-def build_imagenet_r(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_imagenet_r(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Split ImageNet-R (200 classes, 24k/6k): from split files, or a seeded 80/20 split."""
+    transforms = pre.transforms("image")
     root = _root(cfg, "imagenet-r")
     folder = _find_imagenet_r(root)
     if cfg.split_file is not None:
@@ -354,8 +356,9 @@ def _cub_table(path: Path, root: Path) -> dict[int, str]:
 
 
 @datasets.register("cub200")
-def build_cub200(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_cub200(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Split CUB-200-2011 (200 classes, 5,994/5,794) with the official train/test split."""
+    transforms = pre.transforms("image")
     root = _root(cfg, "cub200")
     folder = next(
         (c for c in (root / _CUB_DIR, root) if all((c / f).is_file() for f in _CUB_FILES)), None
@@ -416,8 +419,9 @@ def _class_folders(split_dir: Path, root: Path) -> dict[str, list[Path]]:
 
 
 @datasets.register("folder")
-def build_folder(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_folder(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Any dataset laid out as ``train/<class>/*`` and ``test/<class>/*``."""
+    transforms = pre.transforms("image")
     root = _root(cfg, "folder")
     train_classes = _class_folders(root / "train", root)
     test_classes = _class_folders(root / "test", root)

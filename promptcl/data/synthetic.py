@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from promptcl.config import DataConfig
-from promptcl.data.base import DatasetPair, Transforms
+from promptcl.data.base import DatasetPair, Preprocessing
 from promptcl.data.synth_render import COLOURS, PATTERN_NAMES, Layout, few_threads, render
 from promptcl.data.synth_sample import (
     CLOSE_UP,
@@ -278,12 +278,13 @@ def synth_shapes_pair(
     split: Split = "continual",
     train_per_class: int = 60,
     test_per_class: int = 20,
-    transforms: Transforms | None = None,
+    pre: Preprocessing | None = None,
     default_tasks: int = 10,
     **kwargs,
 ) -> DatasetPair:
     """Train and test SynthShapes of one split; ``kwargs`` go to ``SynthShapes`` (size, style...)."""
-    train_tf, test_tf = (transforms.train, transforms.test) if transforms else (None, None)
+    tf = (pre or Preprocessing(None)).transforms("image")
+    train_tf, test_tf = tf.train, tf.test
     train = SynthShapes(split, train_per_class, "train", transform=train_tf, **kwargs)
     test = SynthShapes(split, test_per_class, "test", transform=test_tf, **kwargs)
     return DatasetPair(train, test, train.class_names, default_tasks=default_tasks)
@@ -293,28 +294,22 @@ def synth_motion_pair(
     split: Split = "continual",
     train_per_class: int = 40,
     test_per_class: int = 20,
-    transforms: Transforms | None = None,
+    pre: Preprocessing | None = None,
     default_tasks: int = 5,
     **kwargs,
 ) -> DatasetPair:
     """Train and test SynthMotion of one split; ``kwargs`` go to ``SynthMotion`` (frames...).
 
-    Random flips are dropped from the transforms: mirroring a clip turns "moving right" into
-    "moving left" and "turning clockwise" into "turning anticlockwise".
+    Clips are not flipped: mirroring one turns "moving right" into "moving left" and "turning
+    clockwise" into "turning anticlockwise".
     """
-    train_tf, test_tf = (transforms.train, transforms.test) if transforms else (None, None)
-    train_tf, test_tf = _no_flips(train_tf), _no_flips(test_tf)
+    tf = (pre or Preprocessing(None)).transforms("video", flips=False)
+    train_tf, test_tf = tf.train, tf.test
     train = SynthMotion(split, train_per_class, "train", transform=train_tf, **kwargs)
     test = SynthMotion(split, test_per_class, "test", transform=test_tf, **kwargs)
-    return DatasetPair(train, test, train.class_names, default_tasks=default_tasks)
-
-
-def _no_flips(transform: v2.Transform | None) -> v2.Transform | None:
-    """The transform without its random horizontal / vertical flips (top level of a Compose)."""
-    flips = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip)
-    if isinstance(transform, v2.Compose):
-        return v2.Compose([t for t in transform.transforms if not isinstance(t, flips)])
-    return v2.Identity() if isinstance(transform, flips) else transform
+    return DatasetPair(
+        train, test, train.class_names, default_tasks=default_tasks, modality="video"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,27 +318,27 @@ def _no_flips(transform: v2.Transform | None) -> v2.Transform | None:
 
 
 @datasets.register("synth-shapes-10")
-def build_synth_shapes_10(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_synth_shapes_10(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Continual split: 100 classes, 60 train / 20 test 32x32 close-ups each, 10 tasks.
 
     The objects are larger than in the pretraining images (``CLOSE_UP``): a domain shift.
     """
-    return synth_shapes_pair("continual", 60, 20, transforms, default_tasks=10, style=CLOSE_UP)
+    return synth_shapes_pair("continual", 60, 20, pre, default_tasks=10, style=CLOSE_UP)
 
 
 @datasets.register("synth-shapes-pretrain")
-def build_synth_shapes_pretrain(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_synth_shapes_pretrain(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Pretraining split: 156 classes disjoint from the continual ones, 200 train / 20 test each."""
-    return synth_shapes_pair("pretrain", 200, 20, transforms, default_tasks=1)
+    return synth_shapes_pair("pretrain", 200, 20, pre, default_tasks=1)
 
 
 @datasets.register("synth-motion-5")
-def build_synth_motion_5(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_synth_motion_5(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Continual split: 40 classes, 40 train / 20 test clips (8 x 3 x 32 x 32) each, 5 tasks."""
-    return synth_motion_pair("continual", 40, 20, transforms, default_tasks=5)
+    return synth_motion_pair("continual", 40, 20, pre, default_tasks=5)
 
 
 @datasets.register("synth-motion-pretrain")
-def build_synth_motion_pretrain(cfg: DataConfig, transforms: Transforms, seed: int) -> DatasetPair:
+def build_synth_motion_pretrain(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Pretraining split: 216 classes disjoint from the continual ones, 60 train / 10 test clips."""
-    return synth_motion_pair("pretrain", 60, 10, transforms, default_tasks=1)
+    return synth_motion_pair("pretrain", 60, 10, pre, default_tasks=1)

@@ -4,8 +4,8 @@ What is measured, for the run a config describes (method, backbone, benchmark, p
 compile), on the first task, in one process:
 
 - training samples/s: the trainer's own step (``Stepper``: forward under the run's precision,
-  backward, clipping, optimiser step) on batches of ``method.batch_size`` read from the task's
-  training data. The batches are loaded once before timing: data loading is not measured.
+  backward, clipping, optimiser step) of the method's first phase (its prompt training) on
+  batches of ``method.batch_size`` read from the task's training data. The batches are loaded once before timing: data loading is not measured.
 - evaluation samples/s: ``method.predict`` on batches of ``train.eval_batch_size`` of the task's
   test data, without gradients.
 - peak memory of each phase (two steps, after the timing): on CUDA
@@ -51,13 +51,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.build import build_run
 from promptcl.config import MethodConfig, RunConfig
+from promptcl.engine import distributed
 from promptcl.engine.optim import build_optimizer
-from promptcl.engine.progress import Console
-from promptcl.engine.step import Stepper, autocast
-from promptcl.engine.trainer import Trainer
+from promptcl.engine.step import Stepper, autocast, compile_backbone
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Batch, Method
+from promptcl.methods.base import Batch, Method, Optim, Task
 
 
 class Floor(Method):
@@ -181,9 +181,12 @@ def bench(
     config: RunConfig, steps: int = 10, warmup: int = 3, rounds: int = 5, max_batches: int = 4
 ) -> dict[str, Any]:
     """Measure the run ``config`` describes against its floor; returns a JSON-ready dict."""
-    trainer = Trainer(config, Console(quiet=True))
-    method, device, scenario = trainer.method, trainer.device, trainer.scenario
-    task = trainer.task(0)
+    device = distributed.device_for(config.train.device)
+    parts = build_run(config, device)
+    method, scenario = parts.method, parts.scenario
+    if config.train.compile:
+        compile_backbone(method)
+    task = Task(0, *scenario.class_range(0), scenario.num_tasks)
     method.begin_task(task)
     floor = Floor(method.backbone, method.num_classes).to(device)
     floor.begin_task(task)
@@ -191,28 +194,32 @@ def bench(
     test = _batches(scenario.test_view(0), config.train.eval_batch_size, max_batches, device)
     cuda = device.type == "cuda"
     memory = Memory(device)
-    trains = bool(method.param_groups()) and config.method.epochs > 0
-    if trains and len(train[0].y) < config.method.batch_size:
+    phase = method.phases(task)[0]
+    groups = phase.param_groups() if phase.epochs > 0 else []
+    if groups and len(train[0].y) < config.method.batch_size:
         raise ConfigError(
             f"the first task has {len(train[0].y)} training samples, fewer than one batch of "
             f"method.batch_size={config.method.batch_size}: lower the batch size"
         )
 
-    cache = getattr(method, "query_cache", None)
+    cache = method.query_cache
     method.train()
     floor.train()
     if cache is not None:
         with torch.no_grad(), autocast(config.train.precision, device):
             for b in train:  # as after a task's first epoch: every timed sample is cached
                 method.query(b.x, b.index)
-    step_floor = Stepper(
-        floor, build_optimizer(floor.param_groups(), config.method), config, device
-    )
+
+    def stepper(step, groups: list[dict[str, Any]], optim: Optim) -> Stepper:
+        return Stepper(
+            step, build_optimizer(groups, optim), config.train.precision, optim.grad_clip, device
+        )
+
+    step_floor = stepper(floor.training_step, floor.param_groups(), phase.optim)
     training: dict[str, float | None] = {"floor": None, "method": None, "ratio": None}
     train_peak: dict[str, float | None] = {"floor": None, "method": None}
-    if trains:  # SimpleCIL and other training-free methods only predict
-        optimizer = build_optimizer(method.param_groups(), config.method)
-        step_method = Stepper(method, optimizer, config, device)
+    if groups:  # SimpleCIL and other training-free methods only predict
+        step_method = stepper(phase.step, groups, phase.optim)
         training = _compare(step_floor, step_method, train, steps, warmup, rounds, cuda)  # type: ignore[assignment]
         train_peak = {
             "floor": _peak(step_floor, train, memory),
@@ -247,7 +254,7 @@ def bench(
         "method": config.method.name,
         "backbone": config.backbone.name,
         "data": config.data.name,
-        "query_cache": bool(getattr(config.method, "query_cache", False)),
+        "query_cache": cache is not None,
         "precision": config.train.precision,
         "compile": config.train.compile,
         "device": str(device),

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from promptcl.engine import distributed
+from promptcl import collectives
 from promptcl.engine.sharding import ShardedBatches, shuffled_order
 from promptcl.engine.step import autocast
 
@@ -38,7 +38,7 @@ def predict(
     process) and the predictions are gathered, so every process returns the same two tensors, in
     the same (shuffled) order as a single process would.
     """
-    world, rank = distributed.world_size(), distributed.rank()
+    world, rank = collectives.world_size(), collectives.rank()
     order = shuffled_order(len(dataset), seed)
     batches = ShardedBatches(order, batch_size * world, world, rank)
     generator = torch.Generator().manual_seed(seed)  # seeds workers; keeps the global RNG untouched
@@ -52,7 +52,7 @@ def predict(
         preds.append(logits.argmax(dim=1).cpu())
         targets.append(y)
     mine = torch.stack([torch.tensor(batches.positions()), torch.cat(preds), torch.cat(targets)], 1)
-    everything = distributed.all_gather_cat(mine)  # (N, 3): position, prediction, target
+    everything = collectives.all_gather_cat(mine)  # (N, 3): position, prediction, target
     everything = everything[everything[:, 0].argsort()]
     return everything[:, 1].contiguous(), everything[:, 2].contiguous()
 

@@ -1,4 +1,8 @@
-"""Optimisers and per-epoch learning-rate schedules from a method's config."""
+"""Optimisers and per-epoch learning-rate schedules of a phase.
+
+``cfg`` is a ``methods.base.Optim`` (or anything with its fields: a ``MethodConfig`` has
+them); ``epochs`` is the phase's number of epochs.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,8 @@ from typing import Any
 
 import torch
 
-from promptcl.config import MethodConfig
 
-
-def build_optimizer(groups: list[dict[str, Any]], cfg: MethodConfig) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
     """Groups may carry their own ``lr``; the rest take ``cfg.lr``."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -21,8 +23,8 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: MethodConfig) -> torch.op
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, cfg: MethodConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
+    optimizer: torch.optim.Optimizer, cfg: Any, epochs: int | None = None
+) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-epoch multiplier of each group's base lr.
 
     cosine:      0.5 (1 + cos(pi e / K)) over K = epochs.
@@ -32,8 +34,14 @@ def build_schedule(
                  L2P/DualPrompt/HiDe-Prompt PyTorch engines call it: ``step(epoch)`` after epoch
                  ``epoch`` sets the next epoch's lr, so with 30 decay epochs epochs 0..30 run at
                  the base lr and the decay starts at epoch 31.
+    cosine-annealing: torch's ``CosineAnnealingLR`` (T_max = epochs, recursive form), as
+                 HiDe-Prompt's head alignment calls it.
+    ``epochs`` defaults to ``cfg.epochs``.
     """
-    K = max(cfg.epochs, 1)
+    epochs = cfg.epochs if epochs is None else epochs
+    if cfg.schedule == "cosine-annealing":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    K = max(epochs, 1)
     if cfg.schedule == "cosine":
         factor = lambda e: 0.5 * (1 + math.cos(math.pi * e / K))  # noqa: E731
     elif cfg.schedule == "coda-cosine":

@@ -42,7 +42,7 @@ class Console:
             f"[bold]promptcl[/] {config.method.name} on {config.data.name} with {config.backbone.name}: "
             f"{scenario.num_tasks} tasks ({split} classes), seed {config.seed}"
         )
-        if getattr(config.method, "task_oracle_voting", False):
+        if config.method.task_oracle:
             self.rich.print(
                 "[bold red]TASK-ORACLE:[/] batch-wise prompt voting at test time uses the batch's "
                 "majority task; these numbers are not class-incremental results"
@@ -61,9 +61,11 @@ class Console:
             self.rich.print(f"resuming at task {resumed_at[0]}, epoch {resumed_at[1]}")
 
     @contextmanager
-    def epoch(self, task: int, epoch: int, epochs: int, steps: int) -> Iterator[EpochBar]:
+    def epoch(
+        self, task: int, epoch: int, epochs: int, steps: int | None, phase: str = "train"
+    ) -> Iterator[EpochBar]:
         progress = Progress(
-            TextColumn(f"task {task} epoch {epoch + 1}/{epochs}"),
+            TextColumn(f"task {task} {phase} epoch {epoch + 1}/{epochs}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),

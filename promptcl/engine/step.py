@@ -1,8 +1,9 @@
-"""One optimisation step of a method, and the speed options around it.
+"""One optimisation step of a phase, and the speed options around it.
 
-``Stepper`` is the step the trainer and ``promptcl bench`` both run: ``training_step`` under
-autocast, backward (through a GradScaler for fp16), the gradient all-reduce of
-DistributedDataParallel when several processes train, clipping, and the optimiser step.
+``Stepper`` is the step the trainer (for every phase of a task) and ``promptcl bench`` both run:
+the phase's step under autocast, backward (through a GradScaler for fp16), the gradient
+all-reduce of DistributedDataParallel when several processes share the batch, clipping, and the
+optimiser step.
 
 Precision (``train.precision``): "fp32" (default) runs without autocast. "bf16" autocasts the
 forward to bfloat16 (CUDA or CPU; on CPUs without native bf16 matrix units it is usually slower
@@ -18,12 +19,12 @@ batch shape or prompt layout appears).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from promptcl.config import RunConfig
 from promptcl.engine import distributed
 from promptcl.methods.base import Batch, Method
 
@@ -43,29 +44,30 @@ def compile_backbone(method: Method) -> None:
 
 
 class Stepper:
-    """Runs training steps of ``method`` with ``optimizer`` under the run's precision.
+    """Runs steps of ``step`` (a phase's batch -> losses) with ``optimizer`` under ``precision``.
 
-    With several processes the step goes through ``distributed.data_parallel`` (rebuild the
-    Stepper at every task: the trainable parameters change). ``share`` scales the loss of a
-    process whose slice of the global batch is not 1/W of it (``sharding.ShardedBatches.shares``).
+    ``parallel``: several processes share each batch, so the step goes through
+    ``distributed.data_parallel`` (rebuild the Stepper at every phase: the trainable parameters
+    change). ``share`` scales the loss of a process whose slice of the global batch is not 1/W of
+    it (``sharding.ShardedBatches.shares``).
     """
 
     def __init__(
         self,
-        method: Method,
+        step: Callable[[Batch], dict[str, Tensor]],
         optimizer: torch.optim.Optimizer,
-        config: RunConfig,
+        precision: str,
+        grad_clip: float | None,
         device: torch.device,
+        parallel: bool = False,
+        find_unused: bool = False,
     ):
-        self.method, self.optimizer, self.device = method, optimizer, device
-        self.precision = config.train.precision
-        self.grad_clip = config.method.grad_clip
+        self.optimizer, self.device = optimizer, device
+        self.precision, self.grad_clip = precision, grad_clip
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.forward = (
-            distributed.data_parallel(method, self.params)
-            if distributed.is_distributed()
-            else method.training_step
+            distributed.data_parallel(step, self.params, find_unused) if parallel else step
         )
 
     def __call__(self, batch: Batch, share: float = 1.0) -> dict[str, Tensor]:

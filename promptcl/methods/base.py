@@ -1,30 +1,49 @@
-"""The Method contract: the only surface the trainer touches (DESIGN.md, "The Method contract").
+"""The Method contract: the only surface the engine touches (DESIGN.md, "The Method contract").
 
-A method is one ``nn.Module`` holding the frozen backbone and its own learnable parts. The trainer
-calls, for each task t:
+A method is one ``nn.Module`` holding its backbones and its own learnable parts, built as
+``Method(config, backbone, class_names)``; a method that declares ``auxiliary_backbones`` also
+gets ``auxiliary={role: backbone}``. For each task t the engine calls
 
     begin_task(task)                 new classes arrive; must depend on ``task`` alone, because on
                                      resume it is replayed for tasks 0..t before state is loaded
-    param_groups()                   what the optimiser trains this task
-    training_step(batch) -> losses   ``losses["loss"]`` is optimised; other entries are logged
+    phases(task) -> [Phase]          the task's training phases, run in order (below)
     end_task(task, loader)           statistics over the task's training data (test transforms)
-    predict(x) -> logits             over all classes (unseen ones are masked by the trainer)
+    predict(x) -> logits             over all classes (unseen ones are masked by the engine)
 
-Everything a method learns lives in parameters and buffers, so ``state_dict()`` is the method.
+A ``Phase`` names what one stage of a task trains (its parameter groups, optimiser, schedule and
+epochs), how a step computes its losses, and where its batches come from: the task's training
+data (``"train"``), the same samples through the test transforms (``"plain"``), or batches the
+method makes itself (``"method"``: features drawn from stored class Gaussians, cached features).
+The engine runs every phase with the same stepper (precision, DDP, clipping), progress bar, log
+lines and checkpoints; a run killed anywhere resumes at (task, phase, epoch). The default is one
+phase, ``"train"``, made of the config's optimiser settings, ``param_groups()`` and
+``training_step(batch)``; methods with more stages (HiDe-Prompt and Hash: task inference and
+head alignment) override ``phases``.
 
-Several processes (torchrun): ``training_step`` sees this process's slice of the global batch and
-its gradients are averaged by DDP; nothing to do. ``end_task``'s loader holds only this process's
-contiguous block of the task's data: a method that computes statistics there must combine them
-with ``promptcl.engine.distributed`` (``all_reduce_sum`` for sums and counts, ``all_gather_cat``
-for per-sample features), so that every process ends the task with the same state. The trainer
-checks that it does and stops with an error otherwise. Both are the identity in one process.
+Everything a method learns lives in parameters and buffers, so ``state_dict()`` is the method;
+frozen backbones are rebuilt from their presets, not saved.
+
+Capabilities are declared, never probed: ``needs_text`` (the backbone must have a text tower),
+``modalities`` (the inputs the method can handle), ``auxiliary_backbones`` (config fields, each a
+``BackboneConfig``, naming frozen backbones the engine builds and hands over by role),
+``cumulative_data`` (joint training), ``ddp_find_unused``; ``MethodConfig.task_oracle`` marks a
+run that uses test-time batch voting.
+
+Several processes (torchrun): a step sees this process's slice of the global batch ("train",
+"plain") and DDP averages the gradients; "method" batches are the same on every process, which
+all take the same step. ``end_task``, ``Phase.prepare`` and ``Phase.finish`` see only this
+process's contiguous block of the task's data: a method that computes statistics there combines
+them with ``promptcl.collectives`` (``all_reduce_sum``, ``all_gather_cat``) so that every process
+ends the task in the same state; the engine checks that it does. Both are the identity in one
+process.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +51,8 @@ from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
+
+DataSource = Literal["train", "plain", "method"]
 
 
 class Batch(NamedTuple):
@@ -57,6 +78,66 @@ class Task:
         return range(self.start, self.end)
 
 
+@dataclass(frozen=True)
+class Optim:
+    """The optimiser and per-epoch lr schedule of a phase (``engine.optim`` builds them).
+
+    schedule: constant, cosine, coda-cosine, step (see ``engine.optim.build_schedule``), or
+    cosine-annealing (torch's ``CosineAnnealingLR`` over the phase's epochs, as HiDe-Prompt's
+    alignment calls it).
+    """
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    decay_epochs: int = 30
+    decay_rate: float = 0.1
+    grad_clip: float | None = None
+
+    @classmethod
+    def of(cls, config: MethodConfig) -> Optim:
+        """The settings a method's config gives its main phase."""
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training stage of a task (see the module docstring).
+
+    param_groups: called once when the phase starts: what its optimiser trains (groups may carry
+                  their own ``lr``). A phase with no parameters or no epochs trains nothing.
+    step:         a batch -> losses; ``losses["loss"]`` is optimised, the rest are logged.
+    data:         "train" / "plain" (the engine shuffles and shards the task's data into global
+                  batches of ``batch_size``) or "method" (``batches(epoch)`` yields them).
+    prepare:      run before the first epoch AND again when a run resumes inside the phase, with
+                  this process's block of the task's plain data, without gradients: it may only
+                  rebuild what is not state (caches), deterministically.
+    finish:       run once after the last epoch (also when the phase has no epochs), with the
+                  same loader, without gradients: statistics that become state (class
+                  Gaussians, task inference features); it may draw random numbers.
+    end_epoch:    run after every epoch, before its checkpoint (e.g. reduce counts over processes).
+    """
+
+    name: str
+    epochs: int
+    param_groups: Callable[[], list[dict[str, Any]]]
+    step: Callable[[Batch], dict[str, Tensor]]
+    optim: Optim = field(default_factory=Optim)
+    data: DataSource = "train"
+    batch_size: int = 128
+    batches: Callable[[int], Iterable[Batch]] | None = None
+    prepare: Callable[[DataLoader], None] | None = None
+    finish: Callable[[DataLoader], None] | None = None
+    end_epoch: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data == "method") != (self.batches is not None):
+            raise ValueError(f"phase {self.name!r}: data 'method' and batches go together")
+
+
 class Method(nn.Module, ABC):
     """Base class of every continual-learning method."""
 
@@ -66,11 +147,27 @@ class Method(nn.Module, ABC):
     # True if a training step may leave some trainable parameter out of the loss (several
     # processes: DDP must then look for such parameters, see engine.distributed.data_parallel).
     ddp_find_unused: bool = False
+    # The backbone must have a text tower (``Backbone.supports_text``): CLIP-based methods.
+    needs_text: ClassVar[bool] = False
+    # The inputs the method handles ("image": (B, C, H, W), "video": (B, T, C, H, W)).
+    modalities: ClassVar[frozenset[str]] = frozenset({"image", "video"})
+    # Config fields (each a BackboneConfig) of frozen backbones built by the engine, by role.
+    auxiliary_backbones: ClassVar[tuple[str, ...]] = ()
+    # The per-sample query cache of key-query methods, if the method keeps one (bench reads it).
+    query_cache: Any = None
 
-    def __init__(self, config: MethodConfig, backbone: Backbone, class_names: list[str]):
+    def __init__(
+        self,
+        config: MethodConfig,
+        backbone: Backbone,
+        class_names: list[str],
+        auxiliary: Mapping[str, Backbone] | None = None,
+    ):
         super().__init__()
         self.config = config
         self.backbone = backbone
+        # Frozen backbones by role (``auxiliary_backbones``); not saved in checkpoints.
+        self.auxiliary = nn.ModuleDict(dict(auxiliary or {}))
         self.class_names = list(class_names)  # in label order (CLIP-based methods caption them)
         self.num_classes = len(class_names)
         self.task: Task | None = None
@@ -78,6 +175,20 @@ class Method(nn.Module, ABC):
     # -- the contract -------------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
         self.task = task
+
+    def phases(self, task: Task) -> list[Phase]:
+        """The task's training phases; by default one, from the config (see the module doc)."""
+        cfg = self.config
+        return [
+            Phase(
+                "train",
+                cfg.epochs,
+                self.param_groups,
+                self.training_step,
+                Optim.of(cfg),
+                batch_size=cfg.batch_size,
+            )
+        ]
 
     def param_groups(self) -> list[dict[str, Any]]:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -88,8 +199,15 @@ class Method(nn.Module, ABC):
 
     @torch.no_grad()
     def end_task(self, task: Task, loader: DataLoader) -> None:
-        """Called once the task's epochs are done; ``loader`` reads this process's block of the
+        """Called once the task's phases are done; ``loader`` reads this process's block of the
         task's training data through test-time transforms. Default: nothing."""
+
+    def frozen_state_prefixes(self) -> list[str]:
+        """State-dict prefixes of the frozen backbones, which checkpoints leave out."""
+        named = [("backbone", self.backbone)] + [
+            (f"auxiliary.{role}", b) for role, b in self.auxiliary.items()
+        ]
+        return [f"{name}." for name, b in named if b.frozen]
 
     @abstractmethod
     def predict(self, x: Tensor) -> Tensor:

@@ -32,10 +32,11 @@ class ClipZeroShot(Method):
     """Zero-shot CLIP on the class captions (no training)."""
 
     Config = ZeroShotConfig
+    needs_text = True
 
     def __init__(self, config: ZeroShotConfig, backbone: Backbone, class_names: list[str]):
         super().__init__(config, backbone, class_names)
-        if not hasattr(backbone, "encode_text"):
+        if not backbone.supports_text:
             raise ConfigError(f"clip_zeroshot needs a CLIP backbone, not {type(backbone).__name__}")
         tokens = backbone.tokenize([config.template.format(n) for n in class_names])
         with torch.no_grad():

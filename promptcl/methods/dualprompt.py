@@ -91,6 +91,9 @@ class DualPromptConfig(PromptConfig):
         False, description="batch-majority E-prompt at TEST time: a task oracle, off"
     )
 
+    @property
+    def task_oracle(self) -> bool:
+        return self.task_oracle_voting
 
 
 @methods.register("dualprompt")

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -70,9 +71,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
+from promptcl.collectives import all_reduce_sum
 from promptcl.config import Schedule
-from promptcl.engine.distributed import all_reduce_sum
-from promptcl.methods.base import Batch, Task
+from promptcl.methods.base import Batch, Phase, Task
 from promptcl.methods.prompt_base import check_layers
 from promptcl.methods.task_inference import TaskInferenceConfig, TaskInferenceMethod
 from promptcl.prompts.history import DECAYS, PENALTIES, scale_gradient
@@ -166,6 +167,9 @@ class Hash(TaskInferenceMethod):
         self.routers = nn.ParameterList()  # router t: (D, E), created at begin_task(t)
         self.register_buffer("counts", torch.zeros(E, dtype=torch.long))  # H after the last task
         self.register_buffer("task_counts", torch.zeros(E, dtype=torch.long))  # this task's
+        # This epoch's, on this process alone; summed over processes into task_counts when the
+        # epoch ends (so that the checkpoint after it holds the same counts on every process).
+        self.register_buffer("epoch_counts", torch.zeros(E, dtype=torch.long), persistent=False)
         self.register_buffer("history", torch.zeros(0, E, dtype=torch.long))  # row t: H^t
 
     @property
@@ -281,17 +285,25 @@ class Hash(TaskInferenceMethod):
         tasks = torch.full((len(u),), self.task.index, device=u.device)
         features, idx, weights = self.routed_features(batch.x, u, tasks, train=True)
         with torch.no_grad():
-            used = torch.bincount(idx.flatten(), minlength=self.config.pool_size)
-            self.task_counts += all_reduce_sum(used)
+            self.epoch_counts += torch.bincount(idx.flatten(), minlength=self.config.pool_size)
         out = self.wtp_loss(features, batch.y)
         out["entropy"] = activation_entropy(weights.detach()).mean()
         return out
 
+    def phases(self, task: Task) -> list[Phase]:
+        prompts, *rest = super().phases(task)
+        return [replace(prompts, end_epoch=self.reduce_counts), *rest]
+
     @torch.no_grad()
-    def end_task(self, task: Task, loader: DataLoader) -> None:
-        self.counts += self.task_counts
+    def reduce_counts(self) -> None:
+        """The epoch's activation counts, summed over processes, join the task's."""
+        self.task_counts += all_reduce_sum(self.epoch_counts)
+        self.epoch_counts.zero_()
+
+    def fit_statistics(self, loader: DataLoader) -> None:
+        self.counts += self.task_counts  # the task's counts join the history (H^{t+1})
         self.task_counts.zero_()
-        super().end_task(task, loader)
+        super().fit_statistics(loader)
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

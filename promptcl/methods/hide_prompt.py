@@ -49,8 +49,8 @@ Defaults (CIFAR-100 script ``train_cifar100_vit.sh`` + ``configs/cifar100_hidepr
 - ``query_cache`` has no effect: WTP training uses the true task id, never the query.
 
 Departures from the official code:
-1. TII is trained inside ``end_task`` (after the WTP epochs, on the loader of the task's training
-   data) instead of in a separate run before WTP. The two models never read each other during
+1. TII is trained as a phase of each task after the WTP epochs (on the task's training data)
+   instead of in a separate run before WTP. The two models never read each other during
    training, so only the data differ: the TII sees each image once through the test transforms
    (its features are computed once and cached) instead of augmented views each epoch. Its own
    epochs, lr, fresh Adam, clipping, batch size and constant schedule are kept.
@@ -164,8 +164,8 @@ class HiDePrompt(TaskInferenceMethod):
         f = self.features(batch.x, self.task_prompt(self.task.index, momentum=True))  # (B, F)
         return self.wtp_loss(f, batch.y)
 
-    @torch.no_grad()
-    def end_task(self, task: Task, loader: DataLoader) -> None:
-        t = task.index
+    def fit_statistics(self, loader: DataLoader) -> None:
+        assert self.task is not None, "begin_task was not called"
+        t = self.task.index
         self.prompts[t].copy_(self.task_prompt(t, momentum=True))  # P_t <- momentum prompt
-        super().end_task(task, loader)
+        super().fit_statistics(loader)

@@ -73,6 +73,10 @@ class L2PConfig(PromptConfig):
         False, description="batch-majority prompt ids at TEST time: a task oracle, off"
     )
 
+    @property
+    def task_oracle(self) -> bool:
+        return self.task_oracle_voting
+
     @model_validator(mode="after")
     def _top_k_fits(self) -> L2PConfig:
         if self.top_k > self.pool_size:

@@ -15,9 +15,9 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from promptcl import collectives
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
-from promptcl.engine import distributed
 from promptcl.methods.base import Method, Task
 from promptcl.registry import methods
 
@@ -47,8 +47,8 @@ class SimpleCIL(Method):
             y = y.to(device)
             sums.index_add_(0, y, self.backbone.encode(x.to(device)).double())
             counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
-        distributed.all_reduce_sum(sums)
-        distributed.all_reduce_sum(counts)
+        collectives.all_reduce_sum(sums)
+        collectives.all_reduce_sum(counts)
         seen = counts > 0
         self.prototypes[seen] = (sums[seen] / counts[seen, None]).to(self.prototypes.dtype)
 

@@ -10,7 +10,19 @@ into three parts; see ``hide_prompt.py`` for the sources of every value:
   classes), per sample.
 - TAP: after each task, Gaussian statistics (``ClassStats``) of the task's classes are stored for
   q(x) and for the WTP features; for t > 0 the WTP head and the TII classifier are re-aligned on
-  samples drawn from the statistics of all seen classes (``align_head``).
+  samples drawn from the statistics of all seen classes (``replay_batches``).
+
+The phases of a task (``phases``), run by the engine with one stepper, log and checkpoints:
+
+    prompts     WTP training on the task's data; its finish fits both class statistics and
+                keeps the task's q(x) for the TII (``fit_statistics``)
+    tii         the TII classifier on those features (batches made here)
+    align-tii   t > 0: TAP of the TII classifier on replayed q(x) features
+    align-head  t > 0: TAP of the WTP head on replayed WTP features
+
+One generator, seeded from the run's RNG when the prompts phase finishes, draws the k-means
+seeds, the TII's shuffles and the replayed features in that order; its state is a buffer
+(``replay_rng``), so a run killed in any phase resumes exactly.
 
 Hash (specs/image-methods.md §4.2) has no public code; its spec builds on this layout to pick a
 task router without task identity, so the machinery lives here, once, for both.
@@ -23,7 +35,9 @@ features; on task 0 M = f.
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
+from collections.abc import Iterator
 
 import torch
 from pydantic import Field
@@ -31,11 +45,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from promptcl import collectives
 from promptcl.backbones.base import Backbone
-from promptcl.engine import distributed
-from promptcl.methods.base import Task
+from promptcl.methods.base import Batch, Optim, Phase, Task
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
-from promptcl.prompts.gaussian import ClassStats, Mode, align_head
+from promptcl.prompts.gaussian import ClassStats, Mode, masked_cross_entropy, replay_batches
 
 CR_TEMPERATURE = 0.8  # official ``orth_loss``: ``torch.matmul(M, M.t()) / 0.8``
 CA_MOMENTUM = 0.9  # official ``optim.SGD(..., momentum=0.9)`` in the alignment
@@ -131,6 +145,8 @@ class TaskInferenceMethod(PromptMethod):
         self.wtp_stats = ClassStats(C, dim, config.ca_storage, config.n_centroids)
         self.tii_stats = ClassStats(C, dim, config.ca_storage, config.n_centroids)
         self.register_buffer("class_task", torch.full((C,), -1, dtype=torch.long))
+        self.register_buffer("replay_rng", torch.Generator().get_state())  # see the module doc
+        self._tii_data: tuple[Tensor, Tensor] | None = None  # the task's q(x) and labels
 
     @abstractmethod
     def task_features(self, x: Tensor, tasks: Tensor) -> Tensor:
@@ -154,42 +170,110 @@ class TaskInferenceMethod(PromptMethod):
         cr = contrastive_regulariser(features, self.wtp_stats.prototypes())
         return {"loss": ce + self.config.reg * cr, "ce": ce.detach(), "cr": cr.detach()}
 
-    @torch.no_grad()
-    def end_task(self, task: Task, loader: DataLoader) -> None:
+    # -- the phases ---------------------------------------------------------------------------
+    def phases(self, task: Task) -> list[Phase]:
         cfg = self.config
-        plain, prompted, labels = self._task_features(task.index, loader)  # (N, F), (N, F), (N,)
-        # One generator per task, seeded from the global RNG (restored by the trainer on resume).
-        g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        tii_optim = Optim(
+            "adam", cfg.tii_lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+        )  # fmt: skip
+        phases = [
+            Phase(
+                "prompts",
+                cfg.epochs,
+                self.param_groups,
+                self.training_step,
+                Optim.of(cfg),
+                batch_size=cfg.batch_size,
+                finish=self.fit_statistics,
+            ),
+            Phase(
+                "tii",
+                cfg.tii_epochs,
+                lambda: [{"params": list(self.tii.parameters())}],
+                self.tii_step,
+                tii_optim,
+                data="method",
+                batches=self.tii_batches,
+                prepare=self.tii_features,
+            ),
+        ]
+        if task.index > 0:  # TAP: re-align both classifiers on replayed features of seen classes
+            phases += [
+                self.alignment("align-tii", self.tii, self.tii_stats, cfg.batch_size, cfg.tii_ca_lr),
+                self.alignment("align-head", self.head, self.wtp_stats, 5 * cfg.batch_size, cfg.ca_lr),
+            ]  # fmt: skip
+        return phases
+
+    def fit_statistics(self, loader: DataLoader) -> None:
+        """After the WTP epochs: class statistics of q(x) and of the WTP features."""
+        assert self.task is not None, "begin_task was not called"
+        plain, prompted, labels = self._task_features(self.task.index, loader)  # (N, F) x2, (N,)
+        g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))  # from the run's RNG
         self.tii_stats.fit(plain, labels, g)
         self.wtp_stats.fit(prompted, labels, g)
-        self._train_tii(plain, labels, g)
-        if task.index > 0:  # TAP: re-align both classifiers on replayed features of seen classes
-            self._align(self.tii, self.tii_stats, task, cfg.batch_size, cfg.tii_ca_lr, g)
-            self._align(self.head, self.wtp_stats, task, 5 * cfg.batch_size, cfg.ca_lr, g)
+        self.replay_rng.copy_(g.get_state())
+        self._tii_data = plain, labels
 
-    def _align(
-        self,
-        head: nn.Module,
-        stats: ClassStats,
-        task: Task,
-        per_class: int,
-        lr: float,
-        g: torch.Generator,
-    ) -> None:
-        """``train_task_adaptive_prediction``: as many batches of ``per_class`` features per
-        epoch as there are old classes (``crct_num``)."""
-        align_head(
-            head,
-            stats,
-            range(task.end),
-            epochs=self.config.crct_epochs,
-            per_class=per_class,
-            steps_per_epoch=task.start,
-            lr=lr,
-            momentum=CA_MOMENTUM,
-            weight_decay=self.config.ca_weight_decay,
-            generator=g,
-        )
+    def tii_features(self, loader: DataLoader) -> None:
+        """The TII's training data, q(x) of the task: kept from ``fit_statistics``, or recomputed
+        (the same values) when a run resumes inside the phase."""
+        if self._tii_data is None:
+            device = self.head.weight.device
+            plain, labels = [], []
+            for x, y, *_ in loader:
+                plain.append(self.query(x.to(device)))
+                labels.append(y.to(device))
+            gather = collectives.all_gather_cat
+            self._tii_data = gather(torch.cat(plain)), gather(torch.cat(labels))
+
+    def tii_batches(self, epoch: int) -> Iterator[Batch]:
+        """The TII stage of one epoch: the task's features, shuffled, in batches."""
+        assert self._tii_data is not None, "the tii phase was not prepared"
+        features, labels = self._tii_data
+        with self.replay_generator() as g:
+            order = torch.randperm(len(features), generator=g).to(features.device)
+        for rows in order.split(self.config.batch_size):
+            yield Batch(features[rows], labels[rows], rows)
+
+    def tii_step(self, batch: Batch) -> dict[str, Tensor]:
+        """CE over the current task's classes of the TII classifier."""
+        logits = self.mask_for_training(self.tii(batch.x))  # (b, C)
+        return {"loss": F.cross_entropy(logits, batch.y)}
+
+    def alignment(
+        self, name: str, head: nn.Module, stats: ClassStats, per_class: int, lr: float
+    ) -> Phase:
+        """``train_task_adaptive_prediction``: SGD with momentum and cosine annealing, as many
+        batches of ``per_class`` features per epoch as there are old classes (``crct_num``)."""
+        assert self.task is not None, "begin_task was not called"
+        seen = torch.arange(self.task.end, device=self.class_task.device)
+
+        def batches(epoch: int) -> Iterator[Batch]:
+            with self.replay_generator() as g:
+                drawn = list(replay_batches(stats, seen, per_class, None, self.task.start, g))
+            return (Batch(*b) for b in drawn)
+
+        def step(batch: Batch) -> dict[str, Tensor]:
+            return {"loss": masked_cross_entropy(head(batch.x), batch.y, seen)}
+
+        optim = Optim(
+            "sgd", lr, momentum=CA_MOMENTUM, weight_decay=self.config.ca_weight_decay,
+            schedule="cosine-annealing",
+        )  # fmt: skip
+        groups = lambda: [{"params": [p for p in head.parameters() if p.requires_grad]}]  # noqa: E731
+        return Phase(name, self.config.crct_epochs, groups, step, optim, "method", batches=batches)
+
+    @contextlib.contextmanager
+    def replay_generator(self) -> Iterator[torch.Generator]:
+        """The generator of ``replay_rng``; what is drawn from it is recorded back in the buffer."""
+        g = torch.Generator()
+        g.set_state(self.replay_rng.cpu())
+        yield g
+        self.replay_rng.copy_(g.get_state())
+
+    def end_task(self, task: Task, loader: DataLoader) -> None:
+        self._tii_data = None
 
     def _task_features(self, t: int, loader: DataLoader) -> tuple[Tensor, Tensor, Tensor]:
         """Un-instructed q(x) and instructed f(x; task t) features of the task's training data.
@@ -203,29 +287,8 @@ class TaskInferenceMethod(PromptMethod):
             plain.append(self.query(x))
             prompted.append(self.task_features(x, torch.full((len(x),), t, device=device)))
             labels.append(y.to(device))
-        gather = distributed.all_gather_cat
+        gather = collectives.all_gather_cat
         return gather(torch.cat(plain)), gather(torch.cat(prompted)), gather(torch.cat(labels))
-
-    def _train_tii(self, features: Tensor, labels: Tensor, g: torch.Generator) -> None:
-        """The TII stage for one task: Adam, CE over the task's classes, clipped gradients."""
-        cfg = self.config
-        params = list(self.tii.parameters())
-        optimizer = torch.optim.Adam(
-            params, lr=cfg.tii_lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-        )
-        self.tii.train()
-        with torch.enable_grad():
-            for _ in range(cfg.tii_epochs):
-                order = torch.randperm(len(features), generator=g).to(features.device)
-                for rows in order.split(cfg.batch_size):
-                    logits = self.mask_for_training(self.tii(features[rows]))  # (b, C)
-                    loss = F.cross_entropy(logits, labels[rows])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
-        self.tii.eval()
 
     @torch.no_grad()
     def infer_tasks(self, x: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ HiDe-Prompt's task-adaptive prediction (TAP; Wang et al., NeurIPS 2023; official
 thu-ml/HiDe-Prompt ``engines/hide_promtp_wtp_and_tap_engine.py``: ``_compute_mean`` and
 ``train_task_adaptive_prediction``), NoRGa (same code) and STAR-Prompt's second-level replay all
 store a Gaussian model of each class's features and later retrain a head on samples drawn from
-it, since the old images are gone. ``ClassStats`` is that store; ``align_head`` is the retraining.
+it, since the old images are gone. ``ClassStats`` is that store; ``replay_batches`` draws the
+retraining's batches.
 
 The three storage modes of HiDe's ``--ca_storage_efficient_method``:
 
@@ -21,7 +22,7 @@ one more mode. Everything is held in buffers whose shapes are fixed at construct
 statistics are part of ``state_dict()`` and survive checkpoints.
 
 Several processes: ``fit`` must see the same features on every process (gather them with
-``promptcl.engine.distributed.all_gather_cat``, as HiDe-Prompt does); the k-means and the
+``promptcl.collectives.all_gather_cat``, as HiDe-Prompt does); the k-means and the
 alignment are then identical everywhere, and nothing here communicates.
 
 Departure: the official code clusters with scikit-learn's ``KMeans`` (random k-means++ restarts,
@@ -31,7 +32,7 @@ no fixed seed); ``kmeans`` below is a small deterministic k-means++ / Lloyd in t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -216,63 +217,41 @@ def kmeans(
     return assign, C
 
 
-def align_head(
-    head: nn.Module,
+def replay_batches(
     stats: ClassStats,
     classes: Tensor | Sequence[int],
-    epochs: int,
     per_class: int,
     batch_size: int | None = None,
     steps_per_epoch: int | None = None,
-    lr: float = 0.005,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
     generator: torch.Generator | None = None,
-) -> list[float]:
-    """Retrain ``head`` (features (B, D) -> logits (B, C)) on Gaussian samples of ``classes``.
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """One epoch of head alignment on Gaussian samples of ``classes``: batches (x, y, component).
 
-    HiDe's ``train_task_adaptive_prediction``: for ``epochs`` epochs, draw ``per_class`` samples
-    per usable component of every class, shuffle them and take ``steps_per_epoch`` batches of
-    ``batch_size`` (default ``per_class``; HiDe takes as many batches as there are old classes,
-    so it uses only part of what it draws; default here: all of them). SGD with momentum,
-    cosine annealing over the epochs (stepped per epoch), cross-entropy over ``classes`` only
-    (other logits are masked). Every trainable parameter of ``head`` is trained.
-
-    Only the components of the used samples are drawn: a shuffled prefix of the component ids
-    repeated ``per_class`` times has the same distribution as HiDe's prefix of shuffled samples.
-    Returns the mean loss of each epoch.
+    HiDe's ``train_task_adaptive_prediction``: draw ``per_class`` samples per usable component of
+    every class, shuffle them and take ``steps_per_epoch`` batches of ``batch_size`` (default
+    ``per_class``; HiDe takes as many batches as there are old classes, so it uses only part of
+    what it draws; default here: all of them). Only the components of the used samples are drawn:
+    a shuffled prefix of the component ids repeated ``per_class`` times has the same distribution
+    as HiDe's prefix of shuffled samples. Everything is drawn when the first batch is asked for.
+    The head is then trained with ``masked_cross_entropy`` (SGD with momentum and cosine
+    annealing in HiDe; ``methods.task_inference`` declares that phase).
     """
     batch_size = batch_size or per_class
-    params = [p for p in head.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     labels, comp = stats.components(classes)  # (P,), (P,)
-    allowed = torch.as_tensor(classes, dtype=torch.long, device=labels.device)
     total = len(comp) * per_class
     steps = math.ceil(total / batch_size)
     steps = steps if steps_per_epoch is None else min(steps, steps_per_epoch)
-    was_training = head.training
-    head.train()
-    losses = []
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = torch.randperm(total, generator=generator)[: steps * batch_size]
-            pick = order.to(labels.device) // per_class  # (S,) index into the components
-            x = stats.draw(comp[pick], generator)  # (S, D)
-            y = labels[pick]  # (S,)
-            epoch_loss = 0.0
-            for s in range(steps):
-                rows = slice(s * batch_size, (s + 1) * batch_size)
-                xb, yb = x[rows], y[rows]
-                logits = head(xb)  # (b, C)
-                mask = torch.full_like(logits, float("-inf"))
-                mask[:, allowed] = 0
-                loss = F.cross_entropy(logits + mask, yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                epoch_loss += float(loss.detach()) * len(yb)
-            schedule.step()
-            losses.append(epoch_loss / max(len(y), 1))
-    head.train(was_training)
-    return losses
+    order = torch.randperm(total, generator=generator)[: steps * batch_size]
+    pick = order.to(labels.device) // per_class  # (S,) index into the components
+    x = stats.draw(comp[pick], generator)  # (S, D)
+    y = labels[pick]  # (S,)
+    for s in range(steps):
+        rows = slice(s * batch_size, (s + 1) * batch_size)
+        yield x[rows], y[rows], pick[rows]
+
+
+def masked_cross_entropy(logits: Tensor, labels: Tensor, allowed: Tensor) -> Tensor:
+    """Cross-entropy over the ``allowed`` classes only (the other logits are masked): (B, C)."""
+    mask = torch.full_like(logits, float("-inf"))
+    mask[:, allowed] = 0
+    return F.cross_entropy(logits + mask, labels)

@@ -38,7 +38,10 @@ RUNS: dict[str, tuple[dict, dict]] = {
     "l2p": ({"name": "l2p", **SHORT}, {}),
     "l2p-augmented": ({"name": "l2p", **SHORT}, {"augment": True}),
     "dualprompt": ({"name": "dualprompt", **SHORT}, {}),
-    "coda_prompt": ({"name": "coda_prompt", "num_components": 30, "query_cache": True, **SHORT}, {}),
+    "coda_prompt": (
+        {"name": "coda_prompt", "num_components": 30, "query_cache": True, **SHORT},
+        {},
+    ),
     "hide_prompt": ({"name": "hide_prompt", **SHORT, **TII}, {}),
     "hash": ({"name": "hash", **SHORT, **TII}, {}),
 }
