@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializeAsAny,
@@ -73,6 +74,15 @@ class BackboneConfig(Strict):
         None, description="local weight file instead of the hub / shipped one"
     )
 
+
+def _preset_name(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+# A method's field naming a frozen auxiliary backbone (``Method.auxiliary_backbones``): in YAML a
+# preset name, or a mapping with the fields of BackboneConfig (e.g. a local ``weights`` file). Its
+# default is written ``Field(default_factory=lambda: BackboneConfig(name="clip-vit-l14"))``.
+AuxiliaryBackbone = Annotated[BackboneConfig, BeforeValidator(_preset_name)]
 
 Schedule = Literal["constant", "cosine", "coda-cosine", "step"]
 

@@ -29,7 +29,7 @@ class Console:
         self,
         config,
         scenario,
-        resumed_at: tuple[int, int] | None = None,
+        resumed_at: str | None = None,
         world: tuple[int, str | None] = (1, None),
     ) -> None:
         sizes = scenario.task_sizes
@@ -58,7 +58,7 @@ class Console:
             compiled = ", backbone compiled" if config.train.compile else ""
             self.rich.print(f"precision {config.train.precision}{compiled}")
         if resumed_at is not None:
-            self.rich.print(f"resuming at task {resumed_at[0]}, epoch {resumed_at[1]}")
+            self.rich.print(f"resuming at {resumed_at}")
 
     @contextmanager
     def epoch(

@@ -130,7 +130,7 @@ class Trainer:
         self.console.header(
             self.config,
             self.scenario,
-            resumed_at=(at.task, at.epochs_done) if resume else None,
+            resumed_at=self._describe(at) if resume else None,
             world=(self.world, collectives.backend()),
         )
         for t in range(at.task, self.scenario.num_tasks):
@@ -150,6 +150,14 @@ class Trainer:
             self._save(Position(t, FINISHED, 0))
             self.console.task_summary(t, self.accuracy, self._metrics(t))
         return self.result()
+
+    def _describe(self, at: Position) -> str:
+        if at.task >= self.scenario.num_tasks:
+            return "the end (the run is finished)"
+        phases = self.method.phases(self.task(at.task))
+        if at.phase >= len(phases):
+            return f"task {at.task}, after its phases"
+        return f"task {at.task}, phase {phases[at.phase].name}, epoch {at.epochs_done}"
 
     def _run_phase(
         self, task: Task, p: int, phase: Phase, first_epoch: int, saved: dict[str, Any] | None

@@ -200,8 +200,8 @@ class TaskInferenceMethod(PromptMethod):
         ]
         if task.index > 0:  # TAP: re-align both classifiers on replayed features of seen classes
             phases += [
-                self.alignment("align-tii", self.tii, self.tii_stats, cfg.batch_size, cfg.tii_ca_lr),
-                self.alignment("align-head", self.head, self.wtp_stats, 5 * cfg.batch_size, cfg.ca_lr),
+                self.alignment(task, "align-tii", self.tii, self.tii_stats, cfg.batch_size, cfg.tii_ca_lr),
+                self.alignment(task, "align-head", self.head, self.wtp_stats, 5 * cfg.batch_size, cfg.ca_lr),
             ]  # fmt: skip
         return phases
 
@@ -242,16 +242,15 @@ class TaskInferenceMethod(PromptMethod):
         return {"loss": F.cross_entropy(logits, batch.y)}
 
     def alignment(
-        self, name: str, head: nn.Module, stats: ClassStats, per_class: int, lr: float
+        self, task: Task, name: str, head: nn.Module, stats: ClassStats, per_class: int, lr: float
     ) -> Phase:
         """``train_task_adaptive_prediction``: SGD with momentum and cosine annealing, as many
         batches of ``per_class`` features per epoch as there are old classes (``crct_num``)."""
-        assert self.task is not None, "begin_task was not called"
-        seen = torch.arange(self.task.end, device=self.class_task.device)
+        seen = torch.arange(task.end, device=self.class_task.device)
 
         def batches(epoch: int) -> Iterator[Batch]:
             with self.replay_generator() as g:
-                drawn = list(replay_batches(stats, seen, per_class, None, self.task.start, g))
+                drawn = list(replay_batches(stats, seen, per_class, None, task.start, g))
             return (Batch(*b) for b in drawn)
 
         def step(batch: Batch) -> dict[str, Tensor]:
