@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupt import StopAt
 from phase_runner import finish_task
 from synth_stream import synth_run
 from torch.utils.data import DataLoader, TensorDataset
@@ -13,7 +14,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import promptcl
 from promptcl.config import BackboneConfig, build_config, load_config
 from promptcl.engine.checkpoint import config_fingerprint, load
-from promptcl.engine.progress import Console
 from promptcl.engine.trainer import CHECKPOINT, Trainer
 from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
@@ -232,23 +232,10 @@ def test_hash_beats_finetune_and_forgets_less(hash_run, finetune_run):
     assert hash_run.metrics["faa"] > 100 / 30 * 10  # ten times chance over 30 classes
 
 
-class StopAt(Console):
-    """Interrupts a run when epoch ``epoch`` of phase ``phase`` of task ``task`` is about to start."""
-
-    def __init__(self, task: int, epoch: int, phase: str = "prompts"):
-        super().__init__(quiet=True)
-        self.at = (task, phase, epoch)
-
-    def epoch(self, task, epoch, epochs, steps, phase="train"):
-        if (task, phase, epoch) == self.at:
-            raise KeyboardInterrupt
-        return super().epoch(task, epoch, epochs, steps, phase)
-
-
 def test_activation_counts_survive_a_mid_task_checkpoint_and_resume(hash_run, tmp_path):
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        Trainer(build_config(synth_run(HASH, out)), StopAt(task=1, epoch=1)).run()
+        Trainer(build_config(synth_run(HASH, out)), StopAt(1, "prompts", 1)).run()
     fingerprint = config_fingerprint(build_config(synth_run(HASH, out)))
     saved = load(out / CHECKPOINT, "hash", fingerprint)
     assert int(saved["method"]["task_counts"].sum()) > 0  # task 1's counts so far were saved

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupt import StopAt
 from pydantic import Field
 from synth_stream import synth_run
 from torch import Tensor, nn
@@ -27,19 +28,6 @@ PACKAGE = Path(promptcl.__file__).parent
 
 # HiDe-Prompt, short: 2 prompt epochs, 3 TII epochs, 2 alignment epochs per task.
 HIDE = {"name": "hide_prompt", "epochs": 2, "batch_size": 16, "tii_epochs": 3, "crct_epochs": 2}
-
-
-class StopAt(Console):
-    """Interrupts a run (as Ctrl-C would) when an epoch of a phase of a task is about to start."""
-
-    def __init__(self, task: int, phase: str, epoch: int):
-        super().__init__(quiet=True)
-        self.at = (task, phase, epoch)
-
-    def epoch(self, task, epoch, epochs, steps, phase="train"):
-        if (task, phase, epoch) == self.at:
-            raise KeyboardInterrupt
-        return super().epoch(task, epoch, epochs, steps, phase)
 
 
 def final_state(run_dir: Path) -> dict[str, Tensor]:

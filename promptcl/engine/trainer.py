@@ -23,9 +23,9 @@ so a run may be resumed with another number of processes.
 
 Randomness with several processes: the shared RNG streams (python, numpy, torch: seeded by
 ``seed``, saved in checkpoints, restored on every process) drive everything outside the epochs
-over the task's data, identically on every process. Inside such an epoch each process draws from
-its own torch stream seeded by (seed, task, epoch, rank) (data augmentation, dropout), forked off
-the shared one, which is left untouched; with one process there is no fork.
+over the task's data, identically on every process. Inside such an epoch each process draws
+from its own torch stream seeded by (seed, task, [phase,] epoch, rank) (data augmentation,
+dropout), forked off the shared one, which is left untouched; with one process there is no fork.
 """
 
 from __future__ import annotations
@@ -203,16 +203,17 @@ class Trainer:
             stepper.load_state_dict(saved.get("scaler", {}))
         for epoch in range(first_epoch, phase.epochs):
             self.method.train()
-            # A task's first phase keeps the seeds of single-phase runs.
-            seed = derive_seed(self.config.seed, task.index, *([p] if p else []), epoch)
+            # The position of the epoch; a task's first phase keeps the seeds of single-phase runs.
+            where = (task.index, *([p] if p else []), epoch)
+            seed = derive_seed(self.config.seed, *where)
             if shared:
                 batches, shares = self._task_batches(task, phase, seed)
             else:
                 batches, shares = phase.batches(epoch), None
             totals: dict[str, float] = {}
-            seen, steps, began = 0, 0, time.perf_counter()
+            seen, began = 0, time.perf_counter()
             with (
-                self._rank_rng(task.index, epoch) if shared else contextlib.nullcontext(),
+                self._rank_rng(where) if shared else contextlib.nullcontext(),
                 self.console.epoch(
                     task.index, epoch, phase.epochs, len_or_none(batches), phase.name
                 ) as bar,
@@ -224,7 +225,7 @@ class Trainer:
                     share = shares[step] if shares is not None else 1.0
                     losses = stepper(batch, share)
                     real = len(y) if share > 0 else 0  # a filler sample counts for nothing
-                    seen, steps = seen + real, steps + 1
+                    seen += real
                     for k, v in losses.items():
                         totals[k] = totals.get(k, 0.0) + float(v.detach()) * real
                     bar.update(
@@ -266,14 +267,15 @@ class Trainer:
         return self._batch_loader(dataset, batches, seed), batches.shares()
 
     @contextlib.contextmanager
-    def _rank_rng(self, task: int, epoch: int):
-        """With several processes, a torch RNG stream of this process's own for the epoch."""
+    def _rank_rng(self, where: tuple[int, ...]):
+        """With several processes, a torch RNG stream of this process's own for the epoch at
+        ``where`` (task, [phase,] epoch)."""
         if self.world == 1:
             yield
             return
         devices = [self.device.index] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(derive_seed(self.config.seed, task, epoch, self.rank))
+            torch.manual_seed(derive_seed(self.config.seed, *where, self.rank))
             yield
 
     def _sum_over_processes(
