@@ -33,7 +33,9 @@ def run(
     Several processes: `torchrun --nproc-per-node N -m promptcl run CONFIG`.
     """
     from promptcl.config import load_config
+    from promptcl.engine.run_dir import default_run_dir
 
+    run_dir = resume
     try:
         if resume is not None:
             if config is not None or set_:
@@ -42,10 +44,21 @@ def run(
                 )
             result = promptcl.resume(resume, quiet=quiet)
         else:
-            result = promptcl.run(load_config(config, set_), quiet=quiet)
+            loaded = load_config(config, set_)
+            run_dir = loaded.output.dir or default_run_dir(loaded)
+            result = promptcl.run(loaded, quiet=quiet)
     except PromptCLError as err:
         Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        where = f" {run_dir}" if run_dir is not None else " RUN_DIR"
+        Console(stderr=True).print(
+            "[yellow]interrupted:[/] the run keeps what it checkpointed (after every epoch); "
+            f"continue it with `promptcl run --resume{where}`",
+            highlight=False,
+            soft_wrap=True,  # a path broken over lines cannot be pasted
+        )
+        raise typer.Exit(130) from None
     from promptcl.engine.distributed import env_rank
 
     if env_rank() == 0:  # under torchrun, one process speaks

@@ -10,6 +10,8 @@ process group itself is started by ``promptcl.engine.distributed.launched``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -77,12 +79,25 @@ def all_gather_cat(tensor: Tensor) -> Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(tensor.device)
 
 
-def check_same(state: dict[str, Tensor], what: str) -> None:
+def tensors(state: dict[str, Any], prefix: str = "") -> dict[str, Tensor]:
+    """The tensors of a state dict, with the tensors of nested dicts (a module's extra state)
+    under dotted names."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            out[prefix + key] = value
+        elif isinstance(value, dict):
+            out.update(tensors(value, f"{prefix}{key}."))
+    return out
+
+
+def check_same(state: dict[str, Any], what: str) -> None:
     """Raise if the tensors of ``state`` differ between ranks (a cheap checksum per tensor).
 
     Catches a method whose ``end_task`` computed statistics from its own shard without reducing
     them: its ranks would silently continue with different models.
     """
+    state = tensors(state)
     if not is_distributed() or not state:
         return
     sums = []

@@ -65,6 +65,13 @@ class DataConfig(Strict):
     subsample: int | None = Field(
         None, ge=1, description="keep at most this many train samples per class"
     )
+    verify: Literal["quick", "full", "off"] = Field(
+        "quick",
+        description="check image files before training: quick opens headers, full decodes",
+    )
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error", description="a damaged file found by verify: stop with its path, or skip it"
+    )
 
 
 class BackboneConfig(Strict):
@@ -123,6 +130,19 @@ class TrainConfig(Strict):
     )
     compile: bool = Field(False, description="torch.compile the backbone's prompted forward")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a torch device: use cpu, cuda, cuda:0, ... (or mps)"
+            ) from None
+        return value
+
     @model_validator(mode="after")
     def _fp16_needs_cuda(self) -> TrainConfig:
         if self.precision == "fp16" and not self.device.startswith("cuda"):
@@ -143,7 +163,7 @@ class OutputConfig(Strict):
 
 
 class RunConfig(Strict):
-    seed: int = Field(0, description="drives class order, initialisation, data order")
+    seed: int = Field(0, ge=0, description="drives class order, initialisation, data order")
     data: DataConfig = Field(default_factory=DataConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     method: SerializeAsAny[MethodConfig] = Field(description="the method and its hyper-parameters")
@@ -163,15 +183,20 @@ class RunConfig(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def method_config(values: dict[str, Any]) -> MethodConfig:
-    """Validate a method's hyper-parameters against the config model it registered."""
+def method_class(name: str) -> type[MethodConfig]:
+    """The config model a method registered."""
     from promptcl.registry import methods
 
-    config_cls = methods.get(values["name"]).Config
+    return methods.get(name).Config
+
+
+def method_config(values: dict[str, Any]) -> MethodConfig:
+    """Validate a method's hyper-parameters against the config model it registered."""
+    config_cls = method_class(values["name"])
     try:
         return config_cls(**values)
     except ValidationError as err:
-        raise ConfigError(_explain(err, config_cls, prefix="method.")) from None
+        raise ConfigError(_invalid(_explain(err, config_cls, prefix="method."))) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -195,7 +220,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(text)
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)}); quote "
+                "strings that hold YAML characters, e.g. --set 'data.root=\"a: b\"'"
+            ) from None
     return build_config(raw)
 
 
@@ -204,7 +235,10 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     the file's own values are merged over it, section by section."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data, backbone, method, ...)")
     base = raw.pop("base", None)
@@ -224,20 +258,41 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what, in one line: "line 3, column 7: mapping values are not allowed here"."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(err, "problem", None) or err).strip()
+
+
 def build_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate every section; all the problems are reported together, not the first alone."""
     raw = dict(raw)
+    problems: list[str] = []
     if "method" in raw:  # validated first, so its errors are reported against the method's model
         method = raw["method"]
         if not isinstance(method, dict) or "name" not in method:
             raise ConfigError("method needs a `name`, e.g. `method: {name: l2p}`")
-        raw["method"] = method_config(method)
+        config_cls = method_class(method["name"])
+        try:
+            raw["method"] = config_cls(**method)
+        except ValidationError as err:
+            problems += _explain(err, config_cls, prefix="method.")
+            raw["method"] = config_cls(name=method["name"])  # to check the other sections
     try:
-        return RunConfig(**raw)
+        config = RunConfig(**raw)
     except ValidationError as err:
-        raise ConfigError(_explain(err, RunConfig)) from None
+        problems += _explain(err, RunConfig)
+    if problems:
+        raise ConfigError(_invalid(problems))
+    return config
 
 
-def _explain(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+def _invalid(problems: list[str]) -> str:
+    return "invalid configuration:\n  " + "\n  ".join(problems)
+
+
+def _explain(err: ValidationError, root: type[BaseModel], prefix: str = "") -> list[str]:
     lines = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
@@ -251,7 +306,7 @@ def _explain(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
             lines.append(f"unknown config key {where!r}: {hint}valid keys here: {', '.join(valid)}")
         else:
             lines.append(f"{where}: {e['msg']}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return lines
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

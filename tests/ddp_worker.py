@@ -68,7 +68,7 @@ def main(out: Path) -> None:
         except Stop:
             pass
         Trainer._save = save
-        for name in ("simplecil", "hide", "hash", "unreduced"):
+        for name in ("coda_cached", "simplecil", "hide", "hash", "unreduced"):
             try:
                 promptcl.run(load_config(out / f"{name}.yaml"), quiet=True)
             except RuntimeError as err:

@@ -44,6 +44,7 @@ HASH = {
 }  # fmt: skip
 RUNS = {
     "coda": CODA,
+    "coda_cached": {**CODA, "query_cache": True},
     "coda_stopped": CODA,
     "simplecil": {"name": "simplecil"},
     "hide": HIDE,
@@ -155,3 +156,12 @@ def test_hash_counts_expert_activations_over_all_processes(two, tmp_path):
     assert int(counts.sum()) == 3 * 69 * 2 * 2
     assert torch.equal(counts, method_state(reference)["counts"])
     assert_same_training(two / "hash", reference)
+
+
+def test_the_query_cache_is_shared_so_every_process_holds_and_saves_all_of_it(two, tmp_path):
+    """Each process caches the queries of its own slices; at every epoch's end they exchange
+    them. Were they not, the processes would end the task with different caches (the trainer
+    stops such a run) and the checkpoint would hold half of one."""
+    cached = method_state(two / "coda_cached")["query_cache._extra_state"]
+    assert len(cached["keys"]) == 3 * 23  # every training sample of the last task
+    assert_same_training(two / "coda_cached", one("coda_cached", tmp_path).run_dir)

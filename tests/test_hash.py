@@ -170,7 +170,7 @@ def test_counts_record_every_top_k_choice_and_join_the_history_at_the_end_of_the
     for _ in range(3):
         method.training_step(task_batch(TASKS[0]))
     assert int(method.task_counts.sum()) == 0  # summed when the epoch ends
-    method.phases(TASKS[0])[0].end_epoch()
+    method.end_epoch(method.phases(TASKS[0])[0])
     assert int(method.epoch_counts.sum()) == 0
     assert int(method.task_counts.sum()) == 3 * 12 * 2 and int(method.counts.sum()) == 0
     seen = method.task_counts.clone()

@@ -3,7 +3,7 @@ every dataset shares."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import torch
@@ -31,6 +31,7 @@ class DatasetPair:
     class_names: list[str]
     default_tasks: int = 10  # the benchmark's usual number of tasks, when the config gives none
     modality: Modality = "image"  # items are images (C, H, W) or clips (T, C, H, W)
+    skipped: list[str] = field(default_factory=list)  # damaged files left out (data.on_bad_file)
 
     @property
     def num_classes(self) -> int:

@@ -21,10 +21,18 @@ Accepted layouts (``data.root`` may also point at the inner dataset folder):
   train_test_split.txt, classes.txt, images/...}``; labels are the 1-based class ids minus one.
 - ``folder``: ``root/{train,test}/<class>/<image>`` with extensions jpg/jpeg/png/bmp/webp;
   classes sorted by folder name, the same class folders in both splits.
+
+File-based builders check their files right after listing them (``data.verify``: ``quick`` reads
+headers, ``full`` decodes, ``off``; see ``promptcl.data.verify``): a damaged file stops the build
+with its path, or is left out with ``data.on_bad_file: skip`` and listed in ``DatasetPair.skipped``.
+CIFAR-100 pickles are read by a restricted unpickler that loads only plain data and numpy arrays,
+so a crafted file cannot run code.
 """
 
 from __future__ import annotations
 
+import codecs
+import importlib
 import pickle
 import random
 import re
@@ -40,6 +48,7 @@ from torch.utils.data import Dataset
 from promptcl.config import DataConfig
 from promptcl.data.base import DatasetPair, Preprocessing
 from promptcl.data.imagenet_r_classes import IMAGENET_R_CLASSES
+from promptcl.data.verify import Items, verify_splits
 from promptcl.errors import DataError
 from promptcl.registry import datasets
 
@@ -89,8 +98,12 @@ class ImageFileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        with Image.open(self.paths[index]) as image:
-            rgb = image.convert("RGB")
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except Exception as err:  # damaged after verification, or data.verify: off
+            raise DataError(f"cannot read image {path}: {err}") from err
         return (self.transform(rgb) if self.transform is not None else rgb), self.targets[index]
 
 
@@ -130,6 +143,32 @@ def _readable(name: str) -> str:
     return name.replace("_", " ").strip()
 
 
+def _file_pair(
+    name: str,
+    cfg: DataConfig,
+    train: Items,
+    test: Items,
+    class_names: list[str],
+    pre: Preprocessing,
+    can_delete: bool = True,
+) -> DatasetPair:
+    """The DatasetPair of listed files, after checking them (``data.verify``, ``on_bad_file``)."""
+    train, test, skipped = verify_splits(
+        name, train, test, class_names, cfg.verify, cfg.on_bad_file, can_delete=can_delete
+    )
+    transforms = pre.transforms("image")
+    return DatasetPair(
+        train=ImageFileDataset(*_unzip(train), transform=transforms.train),
+        test=ImageFileDataset(*_unzip(test), transform=transforms.test),
+        class_names=class_names,
+        skipped=skipped,
+    )
+
+
+def _unzip(items: Items) -> tuple[list[Path], list[int]]:
+    return [p for p, _ in items], [y for _, y in items]
+
+
 # --- CIFAR-100 ---------------------------------------------------------------------------------
 
 _CIFAR_DIR = "cifar-100-python"
@@ -143,11 +182,68 @@ def _find_cifar(root: Path) -> Path | None:
     return None
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes: latin-1 only."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}, not latin-1")
+    return codecs.encode(text, "latin-1", errors)
+
+
+def _numpy_global(name: str, *modules: str) -> Callable[[], Any]:
+    """A loader of ``name`` from the first of ``modules`` that imports (numpy 2 or 1 names)."""
+
+    def load() -> Any:
+        for module in modules:
+            try:
+                return getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"numpy lacks {name}")
+
+    return load
+
+
+_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
+_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
+# The only globals a CIFAR-100 pickle holds (numpy arrays, dtypes and scalars; protocol-2 bytes),
+# under numpy 1 (numpy.core) and numpy 2 (numpy._core) names.
+_CIFAR_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    **{(m, "_reconstruct"): _numpy_global("_reconstruct", *_MULTIARRAY) for m in _MULTIARRAY},
+    **{(m, "scalar"): _numpy_global("scalar", *_MULTIARRAY) for m in _MULTIARRAY},
+    **{(m, "_frombuffer"): _numpy_global("_frombuffer", *_NUMERIC) for m in _NUMERIC},
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+}
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside ``_CIFAR_GLOBALS``."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads plain data and numpy arrays only: a crafted pickle cannot call anything else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        load = _CIFAR_GLOBALS.get((module, name))
+        if load is None:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        return load()
+
+
 def _unpickle(path: Path, root: Path) -> dict[str, Any]:
+    """The dict in one CIFAR-100 pickle, read with ``_CifarUnpickler``."""
     try:
         with path.open("rb") as f:
-            raw = pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+            raw = _CifarUnpickler(f, encoding="latin1").load()
+    except _ForbiddenGlobal as err:
+        raise _error(
+            "cifar100",
+            f"{path} is not a genuine CIFAR-100 pickle: it asks to load the global {err}, which "
+            "CIFAR-100 files never hold (nothing was run); re-download it",
+            root,
+        ) from None
+    except Exception as err:  # a damaged or crafted pickle can raise nearly anything
         raise _error("cifar100", f"cannot read {path}: {err}", root) from None
     if not isinstance(raw, dict):
         raise _error("cifar100", f"{path} does not hold a dict", root)
@@ -316,22 +412,16 @@ def _split_from_files(split: Path, folder: Path, root: Path) -> tuple[list, list
 @datasets.register("imagenet-r")
 def build_imagenet_r(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Split ImageNet-R (200 classes, 24k/6k): from split files, or a seeded 80/20 split."""
-    transforms = pre.transforms("image")
     root = _root(cfg, "imagenet-r")
     folder = _find_imagenet_r(root)
     if cfg.split_file is not None:
         train, test, wnids = _split_from_files(Path(cfg.split_file).expanduser(), folder, root)
     else:
         train, test, wnids = _seeded_split(folder, root, seed)
-    return DatasetPair(
-        train=ImageFileDataset(*_unzip(train), transform=transforms.train),
-        test=ImageFileDataset(*_unzip(test), transform=transforms.test),
-        class_names=[IMAGENET_R_CLASSES.get(w, w) for w in wnids],
+    class_names = [IMAGENET_R_CLASSES.get(w, w) for w in wnids]
+    return _file_pair(
+        "imagenet-r", cfg, train, test, class_names, pre, can_delete=cfg.split_file is None
     )
-
-
-def _unzip(items: list[tuple[Path, int]]) -> tuple[list[Path], list[int]]:
-    return [p for p, _ in items], [y for _, y in items]
 
 
 # --- CUB-200-2011 ------------------------------------------------------------------------------
@@ -358,7 +448,6 @@ def _cub_table(path: Path, root: Path) -> dict[int, str]:
 @datasets.register("cub200")
 def build_cub200(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Split CUB-200-2011 (200 classes, 5,994/5,794) with the official train/test split."""
-    transforms = pre.transforms("image")
     root = _root(cfg, "cub200")
     folder = next(
         (c for c in (root / _CUB_DIR, root) if all((c / f).is_file() for f in _CUB_FILES)), None
@@ -392,11 +481,7 @@ def build_cub200(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
             f"{len(missing)} images listed in images.txt are missing, e.g. {missing[0]}",
             root,
         )
-    return DatasetPair(
-        train=ImageFileDataset(*_unzip(train), transform=transforms.train),
-        test=ImageFileDataset(*_unzip(test), transform=transforms.test),
-        class_names=class_names,
-    )
+    return _file_pair("cub200", cfg, train, test, class_names, pre, can_delete=False)
 
 
 # --- generic class-per-folder ------------------------------------------------------------------
@@ -421,7 +506,6 @@ def _class_folders(split_dir: Path, root: Path) -> dict[str, list[Path]]:
 @datasets.register("folder")
 def build_folder(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Any dataset laid out as ``train/<class>/*`` and ``test/<class>/*``."""
-    transforms = pre.transforms("image")
     root = _root(cfg, "folder")
     train_classes = _class_folders(root / "train", root)
     test_classes = _class_folders(root / "test", root)
@@ -436,11 +520,8 @@ def build_folder(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
         )
     names = sorted(train_classes)
 
-    def pair(classes: dict[str, list[Path]]) -> tuple[list[Path], list[int]]:
-        return _unzip([(p, label) for label, name in enumerate(names) for p in classes[name]])
+    def items(classes: dict[str, list[Path]]) -> Items:
+        return [(p, label) for label, name in enumerate(names) for p in classes[name]]
 
-    return DatasetPair(
-        train=ImageFileDataset(*pair(train_classes), transform=transforms.train),
-        test=ImageFileDataset(*pair(test_classes), transform=transforms.test),
-        class_names=[_readable(n) for n in names],
-    )
+    class_names = [_readable(n) for n in names]
+    return _file_pair("folder", cfg, items(train_classes), items(test_classes), class_names, pre)

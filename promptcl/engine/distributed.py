@@ -67,6 +67,10 @@ def launched(device: str) -> Iterator[None]:
 def device_for(device: str) -> torch.device:
     """The torch device of this process: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-process run."""
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={device!r}, but this machine has no CUDA device: set train.device=cpu"
+        )
     if dev.type != "cuda" or not is_distributed():
         return dev
     local = int(os.environ.get("LOCAL_RANK", "0"))

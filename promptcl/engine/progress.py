@@ -59,6 +59,12 @@ class Console:
             self.rich.print(f"precision {config.train.precision}{compiled}")
         if resumed_at is not None:
             self.rich.print(f"resuming at {resumed_at}")
+        skipped = scenario.data.skipped
+        if skipped:
+            self.rich.print(
+                f"[yellow]left out {len(skipped)} damaged files (data.on_bad_file: skip)[/], "
+                f"e.g. {skipped[0]}; the run log lists them"
+            )
 
     @contextmanager
     def epoch(

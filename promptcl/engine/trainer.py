@@ -31,6 +31,7 @@ dropout), forked off the shared one, which is left untouched; with one process t
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -107,10 +108,12 @@ class Trainer:
         self.run_dir = self.writer.dir
         parts = build_run(config, self.device)
         self.scenario, self.method = parts.scenario, parts.method
+        self.skipped = list(parts.scenario.data.skipped)  # damaged files left out (on_bad_file)
         if config.train.compile:
             compile_backbone(self.method)
         T = self.scenario.num_tasks
         self.accuracy = np.full((T, T), np.nan)
+        self.identity = checkpoint.run_identity(config)
         self.fingerprint = checkpoint.config_fingerprint(config)
         self.test_sizes = [len(self.scenario.test_view(i)) for i in range(T)]
 
@@ -121,12 +124,18 @@ class Trainer:
     def run(self, resume: bool = False) -> RunResult:
         at, saved = Position(0, 0, 0), None
         if resume:
+            self.writer.resume()
             saved = checkpoint.load(
-                self.writer.checkpoint_path, self.config.method.name, self.fingerprint
+                self.writer.checkpoint_path,
+                self.config.method.name,
+                self.fingerprint,
+                self.identity,
             )
             at = self._restore(saved)
         else:
             self.writer.start()
+            if self.skipped:
+                self.writer.log({"skipped_files": len(self.skipped), "paths": self.skipped})
         self.console.header(
             self.config,
             self.scenario,
@@ -153,7 +162,7 @@ class Trainer:
 
     def _describe(self, at: Position) -> str:
         if at.task >= self.scenario.num_tasks:
-            return "the end (the run is finished)"
+            return "its end: the run is complete, nothing is left to train"
         phases = self.method.phases(self.task(at.task))
         if at.phase >= len(phases):
             return f"task {at.task}, after its phases"
@@ -245,8 +254,7 @@ class Trainer:
                 **{k: v / max(seen, 1) for k, v in totals.items()},
             }
             schedule.step()
-            if phase.end_epoch is not None:
-                phase.end_epoch()
+            self.method.end_epoch(phase)
             self.writer.log(record)
             self._save(
                 Position(task.index, p, epoch + 1),
@@ -305,7 +313,12 @@ class Trainer:
         ends = [self.scenario.class_range(i)[1] for i in range(t + 1)]
         self.accuracy[: t + 1, t] = task_accuracies(preds, targets, ends)
         self.writer.predictions(t, preds, targets)
-        summary = {"after_task": t, "protocol": protocol(self.config), **self._metrics(t)}
+        summary = {
+            "after_task": t,
+            "protocol": protocol(self.config),
+            "skipped_files": len(self.skipped),
+            **self._metrics(t),
+        }
         self.writer.results(self.accuracy, summary)
 
     # -- outputs ------------------------------------------------------------------------------
@@ -338,6 +351,7 @@ class Trainer:
         payload: dict[str, Any] = {
             "method_name": self.config.method.name,
             "fingerprint": self.fingerprint,
+            "identity": json.dumps(self.identity, sort_keys=True),
             "position": {"task": at.task, "phase": at.phase, "epochs_done": at.epochs_done},
             "method": self._method_state(),
             "accuracy": torch.from_numpy(self.accuracy),

@@ -7,6 +7,7 @@ gets ``auxiliary={role: backbone}``. For each task t the engine calls
     begin_task(task)                 new classes arrive; must depend on ``task`` alone, because on
                                      resume it is replayed for tasks 0..t before state is loaded
     phases(task) -> [Phase]          the task's training phases, run in order (below)
+    end_epoch(phase)                 after every epoch: reduce what steps accumulated
     end_task(task, loader)           statistics over the task's training data (test transforms)
     predict(x) -> logits             over all classes (unseen ones are masked by the engine)
 
@@ -51,6 +52,7 @@ from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
+from promptcl.prompts.query import QueryCache
 
 DataSource = Literal["train", "plain", "method"]
 
@@ -118,7 +120,6 @@ class Phase:
     finish:       run once after the last epoch (also when the phase has no epochs), with the
                   same loader, without gradients: statistics that become state (class
                   Gaussians, task inference features); it may draw random numbers.
-    end_epoch:    run after every epoch, before its checkpoint (e.g. reduce counts over processes).
     """
 
     name: str
@@ -131,7 +132,6 @@ class Phase:
     batches: Callable[[int], Iterable[Batch]] | None = None
     prepare: Callable[[DataLoader], None] | None = None
     finish: Callable[[DataLoader], None] | None = None
-    end_epoch: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if (self.data == "method") != (self.batches is not None):
@@ -153,8 +153,6 @@ class Method(nn.Module, ABC):
     modalities: ClassVar[frozenset[str]] = frozenset({"image", "video"})
     # Config fields (each a BackboneConfig) of frozen backbones built by the engine, by role.
     auxiliary_backbones: ClassVar[tuple[str, ...]] = ()
-    # The per-sample query cache of key-query methods, if the method keeps one (bench reads it).
-    query_cache: Any = None
 
     def __init__(
         self,
@@ -171,6 +169,8 @@ class Method(nn.Module, ABC):
         self.class_names = list(class_names)  # in label order (CLIP-based methods caption them)
         self.num_classes = len(class_names)
         self.task: Task | None = None
+        # The per-sample query cache of key-query methods (``prompts.query``), if one is kept.
+        self.query_cache: QueryCache | None = None
 
     # -- the contract -------------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
@@ -193,6 +193,11 @@ class Method(nn.Module, ABC):
     def param_groups(self) -> list[dict[str, Any]]:
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params}] if params else []
+
+    def end_epoch(self, phase: Phase) -> None:
+        """After every epoch of ``phase``, before its checkpoint: combine what the steps of this
+        process accumulated with the other processes' (``promptcl.collectives``). Default:
+        nothing."""
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         raise RuntimeError(f"{type(self).__name__} has nothing to train: set method.epochs=0")

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -290,15 +289,13 @@ class Hash(TaskInferenceMethod):
         out["entropy"] = activation_entropy(weights.detach()).mean()
         return out
 
-    def phases(self, task: Task) -> list[Phase]:
-        prompts, *rest = super().phases(task)
-        return [replace(prompts, end_epoch=self.reduce_counts), *rest]
-
     @torch.no_grad()
-    def reduce_counts(self) -> None:
+    def end_epoch(self, phase: Phase) -> None:
         """The epoch's activation counts, summed over processes, join the task's."""
-        self.task_counts += all_reduce_sum(self.epoch_counts)
-        self.epoch_counts.zero_()
+        super().end_epoch(phase)
+        if phase.name == "prompts":
+            self.task_counts += all_reduce_sum(self.epoch_counts)
+            self.epoch_counts.zero_()
 
     def fit_statistics(self, loader: DataLoader) -> None:
         self.counts += self.task_counts  # the task's counts join the history (H^{t+1})

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Method
+from promptcl.methods.base import Method, Phase, Task
 from promptcl.prompts.query import QueryCache
 
 
@@ -35,6 +35,15 @@ class PromptMethod(Method):
         super().__init__(config, backbone, class_names)
         self.head = nn.Linear(backbone.feature_dim, self.num_classes)
         self.query_cache = QueryCache() if config.query_cache else None
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        if self.query_cache is not None:
+            self.query_cache.clear()  # a new task's samples: the cached ones are not read again
+
+    def end_epoch(self, phase: Phase) -> None:
+        if self.query_cache is not None and phase.data != "method":
+            self.query_cache.share()
 
     @torch.no_grad()
     def query(self, x: Tensor, index: Tensor | None = None) -> Tensor:

@@ -74,13 +74,14 @@ def config_of(name: str, out: Path) -> dict:
 
 def record(name: str, workdir: Path) -> dict:
     import promptcl
+    from promptcl.collectives import tensors
 
     out = workdir / name
     result = promptcl.run(config_of(name, out), quiet=True)
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["method"]
     return {
         "accuracy": [[None if a != a else float(a) for a in row] for row in result.accuracy],
-        "state": {k: tensor_digest(v) for k, v in sorted(state.items())},
+        "state": {k: tensor_digest(v) for k, v in sorted(tensors(state).items())},
     }
 
 
