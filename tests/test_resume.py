@@ -13,30 +13,42 @@ import torch
 import yaml
 
 import promptcl
+from promptcl.collectives import tensors
 from promptcl.errors import CheckpointError
 
+FINETUNE = {"name": "finetune", "epochs": 3, "batch_size": 8, "lr": 1e-3}
+# Augmented, with the query cache: the queries cached in a task's first epoch must survive.
+CACHED_CODA = {
+    "name": "coda_prompt", "num_components": 30, "layers": [0, 1], "epochs": 3,
+    "batch_size": 8, "query_cache": True,
+}  # fmt: skip
 
-def config(tiny_run, out):
-    return tiny_run(
-        {"name": "finetune", "epochs": 3, "batch_size": 8, "lr": 1e-3},
-        data={"augment": True},
-        output={"dir": str(out)},
-    )
+
+def config(tiny_run, out, method=FINETUNE):
+    return tiny_run(method, data={"augment": True}, output={"dir": str(out)})
+
+
+# As the reference run in this process (tests/conftest.py): the same thread count, the same floats.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def promptcl_cli(*args):
     return [sys.executable, "-m", "promptcl", "run", *args]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_run, tmp_path):
-    reference = promptcl.run(config(tiny_run, tmp_path / "ref"), quiet=True)
+@pytest.mark.parametrize("method", [FINETUNE, CACHED_CODA], ids=["finetune", "cached-coda"])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_run, tmp_path, method):
+    reference = promptcl.run(config(tiny_run, tmp_path / "ref", method), quiet=True)
 
-    cfg = config(tiny_run, tmp_path / "killed")
+    cfg = config(tiny_run, tmp_path / "killed", method)
     cfg_file = tmp_path / "killed.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     log = tmp_path / "killed" / "log.jsonl"
     proc = subprocess.Popen(
-        promptcl_cli(str(cfg_file), "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        promptcl_cli(str(cfg_file), "--quiet"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ONE_THREAD,
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -57,6 +69,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_run, tmp_path):
     done = subprocess.run(
         promptcl_cli("--resume", str(tmp_path / "killed"), "--quiet"),
         capture_output=True,
+        env=ONE_THREAD,
         text=True,
         timeout=300,
     )
@@ -65,6 +78,12 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_run, tmp_path):
         tmp_path / "killed" / "accuracy_matrix.csv", delimiter=",", skip_header=1
     )[:, 1:]
     np.testing.assert_array_equal(resumed, np.round(reference.accuracy, 4))
+    state, expected = (
+        tensors(torch.load(d / "checkpoint.pt", weights_only=True)["method"])
+        for d in (tmp_path / "killed", tmp_path / "ref")
+    )
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
 def test_resume_of_a_finished_run_changes_nothing(tiny_run, tmp_path):
