@@ -91,25 +91,24 @@ def test_cifar_numpy1_names_load(tmp_path: Path) -> None:
 # --- image files: checked when the dataset is built --------------------------------------------
 
 
-def save_truncated_jpeg(path: Path) -> Path:
-    """A JPEG cut in half: its header still opens, its pixels do not decode."""
+def save_truncated(path: Path, fmt: str) -> Path:
+    """An image of format ``fmt`` cut in half: its header still opens, its pixels do not decode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(noise).save(buffer, format="JPEG")
+    Image.fromarray(noise).save(buffer, format=fmt)
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     with Image.open(path) as image:  # the header is intact: only a deeper check finds it
         assert image.size == (64, 64)
     return path
 
 
+def save_truncated_jpeg(path: Path) -> Path:
+    return save_truncated(path, "JPEG")
+
+
 def save_truncated_png(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(noise).save(buffer, format="PNG")
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    return path
+    return save_truncated(path, "PNG")
 
 
 def save_not_an_image(path: Path) -> Path:
