@@ -34,7 +34,7 @@ def samples_per_second(name: str, cache: bool, epochs: int, tasks: int, out: Pat
     )
     promptcl.run(config, quiet=True)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    timed = [r for r in records if r["epoch"] > 0]
+    timed = [r for r in records if r.get("epoch", 0) > 0]
     return sum(r["samples"] for r in timed) / sum(r["seconds"] for r in timed)
 
 

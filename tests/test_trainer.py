@@ -113,3 +113,17 @@ def test_head_lr_gives_the_head_its_own_rate(train_backbone):
     expected = sum(p.numel() for p in method.parameters() if p.requires_grad)
     assert trained == expected and len(groups) == (2 if train_backbone else 1)
     assert all("lr" not in g for g in groups if g is not head[0])  # the rest take method.lr
+
+
+def test_every_task_logs_where_its_time_went(tiny_run, capsys):
+    result = promptcl.run(tiny_run({"name": "linear_probe", "epochs": 2, "batch_size": 16}))
+    records = [json.loads(x) for x in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    times = [r for r in records if "seconds" in r and "epoch" not in r]
+    assert [r["task"] for r in times] == [0, 1, 2]
+    for r in times:
+        spent = r["seconds"]
+        assert set(spent) == {"train", "evaluate", "end_task", "checkpoint"}
+        assert spent["train"] > 0 and spent["evaluate"] > 0 and spent["checkpoint"] > 0
+        epochs = [e["seconds"] for e in records if e.get("epoch") is not None and e["task"] == r["task"]]  # fmt: skip
+        assert len(epochs) == 2 and sum(epochs) <= spent["train"] + 1e-3
+    assert "time: " in capsys.readouterr().err

@@ -82,6 +82,14 @@ class Console:
         with progress:
             yield EpochBar(progress, progress.add_task("train", total=steps, stats=""))
 
+    def time_summary(self, seconds: dict[str, float]) -> None:
+        """Where the run's time went (this process, since it started or resumed)."""
+        total = sum(seconds.values())
+        parts = ", ".join(
+            f"{k} {v:.1f} s ({100 * v / max(total, 1e-9):.0f}%)" for k, v in seconds.items()
+        )
+        self.rich.print(f"time: {total:.1f} s = {parts}")
+
     def task_summary(self, t: int, accuracy: np.ndarray, metrics: dict[str, float]) -> None:
         table = Table(title=f"accuracy (%) after task {t}: rows = test task, columns = after task")
         table.add_column("task")

@@ -2,7 +2,9 @@
 
     run.json              the marker: this directory belongs to a promptcl run (its id, version)
     config.yaml           the resolved config the run was started with
-    log.jsonl             one line per epoch of every phase: task, phase, epoch, lr, losses, ...
+    log.jsonl             one line per epoch of every phase (task, phase, epoch, lr, losses, ...),
+                          one per task with where its time went ({"task", "seconds": {train,
+                          evaluate, end_task, checkpoint}}), one for damaged files left out
     accuracy_matrix.csv   A[i, t] (%) so far, rows = test task, columns = after task
     metrics.json          the metrics of the matrix so far, and the evaluation protocol
     predictions/          after_task_<t>.safetensors: predicted and true labels of the seen tests

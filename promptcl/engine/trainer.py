@@ -59,6 +59,9 @@ from promptcl.methods.base import Batch, Phase, Task
 __all__ = ["CHECKPOINT", "RunResult", "Trainer", "protocol"]
 
 FINISHED = -1  # position["phase"] of a task whose evaluation is done
+# Where a run's time goes: the epochs of its phases, the evaluations, statistics over the
+# task's data (end_task and the phases' prepare/finish), and checkpoint writing.
+TIMED = ("train", "evaluate", "end_task", "checkpoint")
 
 
 @dataclass
@@ -109,6 +112,10 @@ class Trainer:
         parts = build_run(config, self.device)
         self.scenario, self.method = parts.scenario, parts.method
         self.skipped = list(parts.scenario.data.skipped)  # damaged files left out (on_bad_file)
+        # Where the time goes (seconds, this task and the whole run): see ``_clock``.
+        self.seconds: dict[str, float] = dict.fromkeys(TIMED, 0.0)
+        self.total_seconds: dict[str, float] = dict.fromkeys(TIMED, 0.0)
+        self._inner: list[float] = []
         if config.train.compile:
             compile_backbone(self.method)
         T = self.scenario.num_tasks
@@ -153,12 +160,37 @@ class Trainer:
                 done = at.epochs_done if (t, p) == (at.task, at.phase) else 0
                 self._run_phase(task, p, phases[p], done, saved if done else None)
             self.method.eval()
-            self.method.end_task(task, self._plain_loader(t))
+            with self._clock("end_task"):
+                self.method.end_task(task, self._plain_loader(t))
             collectives.check_same(self._method_state(), f"after end_task of task {t}")
-            self._evaluate(t)
+            with self._clock("evaluate"):
+                self._evaluate(t)
             self._save(Position(t, FINISHED, 0))
             self.console.task_summary(t, self.accuracy, self._metrics(t))
+            self._account(t)
+        self.console.time_summary(self.total_seconds)
         return self.result()
+
+    @contextlib.contextmanager
+    def _clock(self, kind: str):
+        """Add the seconds spent inside to ``kind``, less those of clocks nested in it (a
+        checkpoint written inside a training epoch counts as checkpoint time)."""
+        began = time.perf_counter()
+        self._inner.append(0.0)
+        try:
+            yield
+        finally:
+            spent, inner = time.perf_counter() - began, self._inner.pop()
+            self.seconds[kind] += spent - inner
+            if self._inner:
+                self._inner[-1] += spent
+
+    def _account(self, t: int) -> None:
+        """Log where task t's time went, and add it to the run's."""
+        self.writer.log({"task": t, "seconds": {k: round(v, 3) for k, v in self.seconds.items()}})
+        for kind, spent in self.seconds.items():
+            self.total_seconds[kind] += spent
+        self.seconds = dict.fromkeys(TIMED, 0.0)
 
     def _describe(self, at: Position) -> str:
         if at.task >= self.scenario.num_tasks:
@@ -174,10 +206,11 @@ class Trainer:
         """Epochs ``first_epoch..`` of phase ``p``, then its finish; checkpoints after each."""
         groups = phase.param_groups() if phase.epochs > first_epoch else []
         if groups:
-            self._train_phase(task, p, phase, groups, first_epoch, saved)
+            with self._clock("train"):
+                self._train_phase(task, p, phase, groups, first_epoch, saved)
         if phase.finish is not None:
             self.method.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self._clock("end_task"):
                 phase.finish(self._plain_loader(task.index))
             self._save(Position(task.index, p + 1, 0))
 
@@ -192,7 +225,7 @@ class Trainer:
     ) -> None:
         if phase.prepare is not None:
             self.method.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self._clock("end_task"):
                 phase.prepare(self._plain_loader(task.index))
         optimizer = build_optimizer(groups, phase.optim)
         schedule = build_schedule(optimizer, phase.optim, phase.epochs)
@@ -358,7 +391,8 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             **{k: v for k, v in optimizer_state.items() if v},
         }
-        self.writer.save_checkpoint(payload)
+        with self._clock("checkpoint"):
+            self.writer.save_checkpoint(payload)
 
     def _restore(self, saved: dict[str, Any]) -> Position:
         """Rebuild the method at the saved position; returns where to continue."""
