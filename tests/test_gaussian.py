@@ -113,7 +113,7 @@ def accuracy(head: nn.Module, stats: ClassStats, classes: list[int]) -> float:
 
 
 @pytest.mark.parametrize("mode", ["covariance", "multi-centroid"])
-def test_align_head_learns_the_gaussian_classes(mode):
+def test_head_alignment_on_replay_learns_the_gaussian_classes(mode):
     torch.manual_seed(0)
     dim, classes = 16, [0, 1, 2, 3]
     g = torch.Generator().manual_seed(0)

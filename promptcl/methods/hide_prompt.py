@@ -26,7 +26,8 @@ TAP live in ``task_inference.py``, shared with Hash:
 - TAP (task-adaptive prediction). After each task, Gaussian statistics (``ClassStats``, default
   10 centroids per class) of the task's classes are stored for the TII features q(x) and for the
   WTP features f(x; P_t). For t > 0, the WTP head, and the TII MLP + head, are retrained on
-  samples of all seen classes (``align_head``: SGD, momentum 0.9, cosine, ``crct_epochs``).
+  samples of all seen classes (phases align-tii and align-head: SGD, momentum 0.9, cosine,
+  ``crct_epochs``).
 - Inference: t^ from TII, the ViT run with P_t^ (per sample), the aligned head's logits.
 
 Defaults (CIFAR-100 script ``train_cifar100_vit.sh`` + ``configs/cifar100_hideprompt_5e.py``):
@@ -61,7 +62,7 @@ Departures from the official code:
    in one process, and per process (over its B/W features) when several processes train.
 4. k-means is a deterministic torch implementation (official: scikit-learn, unseeded).
 5. The alignment draws only the samples it trains on (same distribution as drawing all and
-   taking a shuffled prefix, see ``align_head``).
+   taking a shuffled prefix, see ``prompts.gaussian.replay_batches``).
 """
 
 from __future__ import annotations
