@@ -320,27 +320,36 @@ def _find_imagenet_r(root: Path) -> Path:
     )
 
 
-def _seeded_split(folder: Path, root: Path, seed: int) -> tuple[list, list, list[str]]:
-    """Per class, a seeded random 80/20 train/test split of the files (test share rounded)."""
+def _split_per_class(classes: Sequence[Sequence[Path]], seed: int) -> tuple[Items, Items]:
+    """Per class (label = position in ``classes``), a seeded random 80/20 train/test split of its
+    files (test share rounded, halves up); one generator draws the classes in label order."""
     rng = random.Random(seed)
-    train: list[tuple[Path, int]] = []
-    test: list[tuple[Path, int]] = []
-    wnids = []
-    for label, class_dir in enumerate(_wnid_folders(folder)):
-        files = _images_in(class_dir)
-        if not files:
-            raise _error("imagenet-r", f"the class folder {class_dir} holds no images", root)
+    train: Items = []
+    test: Items = []
+    for label, class_files in enumerate(classes):
+        files = list(class_files)
         rng.shuffle(files)
         n_test = (len(files) * 2 + 5) // 10  # round(0.2 n), halves up
         test += [(p, label) for p in sorted(files[:n_test])]
         train += [(p, label) for p in sorted(files[n_test:])]
-        wnids.append(class_dir.name)
-    return train, test, wnids
+    return train, test
 
 
-def _split_paths(split: Path, root: Path) -> tuple[Path, Path]:
+def _seeded_split(folder: Path, root: Path, seed: int) -> tuple[list, list, list[str]]:
+    """Per class, a seeded random 80/20 train/test split of the files (test share rounded)."""
+    class_dirs = _wnid_folders(folder)
+    files = []
+    for class_dir in class_dirs:
+        files.append(_images_in(class_dir))
+        if not files[-1]:
+            raise _error("imagenet-r", f"the class folder {class_dir} holds no images", root)
+    train, test = _split_per_class(files, seed)
+    return train, test, [d.name for d in class_dirs]
+
+
+def _split_paths(split: Path, root: Path, name: str = "imagenet-r") -> tuple[Path, Path]:
     if split.is_dir():
-        return split / "imagenet-r_train.yaml", split / "imagenet-r_test.yaml"
+        return split / f"{name}_train.yaml", split / f"{name}_test.yaml"
     name = split.name
     for this, other in (("train", "test"), ("test", "train")):
         if this in name:
@@ -348,35 +357,38 @@ def _split_paths(split: Path, root: Path) -> tuple[Path, Path]:
             pair = split.with_name(head + other + tail)
             return (split, pair) if this == "train" else (pair, split)
     raise _error(
-        "imagenet-r",
-        f"data.split_file {split} must be a directory with imagenet-r_train.yaml and "
-        "imagenet-r_test.yaml, or a file whose name contains 'train' or 'test'",
+        name,
+        f"data.split_file {split} must be a directory with {name}_train.yaml and "
+        f"{name}_test.yaml, or a file whose name contains 'train' or 'test'",
         root,
     )
 
 
-def _read_split_file(path: Path, folder: Path, root: Path, wnid_of: dict[int, str]) -> list:
-    """``(path, label)`` pairs from a CODA-Prompt / mammoth YAML split; fills ``wnid_of``."""
-    fmt = "a YAML mapping with equal-length lists `data` (paths .../<wnid>/<file>) and `targets`"
+def _read_split_file(
+    path: Path, folder: Path, root: Path, wnid_of: dict[int, str], name: str = "imagenet-r"
+) -> list:
+    """``(path, label)`` pairs from a CODA-Prompt / mammoth YAML split; fills ``wnid_of`` with the
+    class folder (a wnid for ImageNet-R) of each label."""
+    fmt = "a YAML mapping with equal-length lists `data` (paths .../<class>/<file>) and `targets`"
     if not path.is_file():
-        raise _error("imagenet-r", f"the split file {path} does not exist (expected {fmt})", root)
+        raise _error(name, f"the split file {path} does not exist (expected {fmt})", root)
     try:
         raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise _error("imagenet-r", f"cannot read the split file {path}: {err}", root) from None
+        raise _error(name, f"cannot read the split file {path}: {err}", root) from None
     data = raw.get("data") if isinstance(raw, dict) else None
     targets = raw.get("targets") if isinstance(raw, dict) else None
     if not isinstance(data, list) or not isinstance(targets, list) or len(data) != len(targets):
-        raise _error("imagenet-r", f"the split file {path} is not {fmt}", root)
+        raise _error(name, f"the split file {path} is not {fmt}", root)
     items = []
     for entry, target in zip(data, targets, strict=True):
         parts = PurePosixPath(str(entry).replace("\\", "/")).parts
         if len(parts) < 2 or not isinstance(target, int) or target < 0:
-            raise _error("imagenet-r", f"{path}: bad entry {entry!r} -> {target!r} ({fmt})", root)
+            raise _error(name, f"{path}: bad entry {entry!r} -> {target!r} ({fmt})", root)
         wnid = parts[-2]
         if wnid_of.setdefault(target, wnid) != wnid:
             raise _error(
-                "imagenet-r",
+                name,
                 f"{path}: label {target} is used for {wnid_of[target]} and {wnid}",
                 root,
             )
@@ -384,24 +396,28 @@ def _read_split_file(path: Path, folder: Path, root: Path, wnid_of: dict[int, st
     return items
 
 
-def _split_from_files(split: Path, folder: Path, root: Path) -> tuple[list, list, list[str]]:
-    train_file, test_file = _split_paths(split, root)
+def _split_from_files(
+    split: Path, folder: Path, root: Path, name: str = "imagenet-r"
+) -> tuple[list, list, list[str]]:
+    """Both YAML split files (``_split_paths``): the items and the class folder of each label."""
+    train_file, test_file = _split_paths(split, root, name)
     wnid_of: dict[int, str] = {}
-    train = _read_split_file(train_file, folder, root, wnid_of)
-    test = _read_split_file(test_file, folder, root, wnid_of)
+    train = _read_split_file(train_file, folder, root, wnid_of, name)
+    test = _read_split_file(test_file, folder, root, wnid_of, name)
     num_classes = max(wnid_of) + 1 if wnid_of else 0
     if sorted(wnid_of) != list(range(num_classes)) or len(set(wnid_of.values())) != num_classes:
+        unit = "wnid" if name == "imagenet-r" else "class folder"
         raise _error(
-            "imagenet-r",
+            name,
             f"the split files {train_file}, {test_file} must use labels "
-            f"0..{num_classes - 1}, one wnid each",
+            f"0..{num_classes - 1}, one {unit} each",
             root,
         )
     missing = [p for p, _ in train + test if not p.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:3])
         raise _error(
-            "imagenet-r",
+            name,
             f"{len(missing)} images named in the split files are missing under "
             f"{folder}, e.g. {shown}",
             root,
@@ -487,19 +503,20 @@ def build_cub200(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
 # --- generic class-per-folder ------------------------------------------------------------------
 
 
-def _class_folders(split_dir: Path, root: Path) -> dict[str, list[Path]]:
+def _class_folders(split_dir: Path, root: Path, name: str = "folder") -> dict[str, list[Path]]:
+    """The image files of each class folder in ``split_dir``, by folder name (sorted)."""
     if not split_dir.is_dir():
-        raise _error("folder", f"expected the folder {split_dir}", root)
+        raise _error(name, f"expected the folder {split_dir}", root)
     classes = {
         d.name: _images_in(d)
         for d in sorted(split_dir.iterdir(), key=lambda p: p.name)
         if d.is_dir() and not d.name.startswith(".")
     }
     if not classes:
-        raise _error("folder", f"{split_dir} holds no class folders", root)
-    empty = [name for name, files in classes.items() if not files]
+        raise _error(name, f"{split_dir} holds no class folders", root)
+    empty = [folder for folder, files in classes.items() if not files]
     if empty:
-        raise _error("folder", f"class folders without images in {split_dir}: {empty}", root)
+        raise _error(name, f"class folders without images in {split_dir}: {empty}", root)
     return classes
 
 

@@ -6,6 +6,7 @@ backbone stays frozen; only prompts, keys and the head are trained.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -31,8 +32,14 @@ class PromptMethod(Method):
 
     Config = PromptConfig
 
-    def __init__(self, config: PromptConfig, backbone: Backbone, class_names: list[str]):
-        super().__init__(config, backbone, class_names)
+    def __init__(
+        self,
+        config: PromptConfig,
+        backbone: Backbone,
+        class_names: list[str],
+        auxiliary: Mapping[str, Backbone] | None = None,
+    ):
+        super().__init__(config, backbone, class_names, auxiliary)
         self.head = nn.Linear(backbone.feature_dim, self.num_classes)
         self.query_cache = QueryCache() if config.query_cache else None
 

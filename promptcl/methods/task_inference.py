@@ -49,7 +49,13 @@ from promptcl import collectives
 from promptcl.backbones.base import Backbone
 from promptcl.methods.base import Batch, Optim, Phase, Task
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
-from promptcl.prompts.gaussian import ClassStats, Mode, masked_cross_entropy, replay_batches
+from promptcl.prompts.gaussian import (
+    ClassStats,
+    Mode,
+    masked_cross_entropy,
+    replay_batches,
+    stored_generator,
+)
 
 CR_TEMPERATURE = 0.8  # official ``orth_loss``: ``torch.matmul(M, M.t()) / 0.8``
 CA_MOMENTUM = 0.9  # official ``optim.SGD(..., momentum=0.9)`` in the alignment
@@ -263,13 +269,9 @@ class TaskInferenceMethod(PromptMethod):
         groups = lambda: [{"params": [p for p in head.parameters() if p.requires_grad]}]  # noqa: E731
         return Phase(name, self.config.crct_epochs, groups, step, optim, "method", batches=batches)
 
-    @contextlib.contextmanager
-    def replay_generator(self) -> Iterator[torch.Generator]:
+    def replay_generator(self) -> contextlib.AbstractContextManager[torch.Generator]:
         """The generator of ``replay_rng``; what is drawn from it is recorded back in the buffer."""
-        g = torch.Generator()
-        g.set_state(self.replay_rng.cpu())
-        yield g
-        self.replay_rng.copy_(g.get_state())
+        return stored_generator(self.replay_rng)
 
     def end_task(self, task: Task, loader: DataLoader) -> None:
         self._tii_data = None

@@ -17,8 +17,12 @@ The three storage modes of HiDe's ``--ca_storage_efficient_method``:
                       is all zero (e.g. a single point) are skipped, as in the official code.
 
 HiDe draws the *same number of samples per cluster* (not per class); ``counts`` keeps each
-cluster's size so that a mixture-weighted sampler (STAR-Prompt's diagonal MoG) can be added as
-one more mode. Everything is held in buffers whose shapes are fixed at construction, so the
+cluster's size. STAR-Prompt's mode:
+
+- ``mixture``:        a diagonal mixture of ``n_centroids`` Gaussians fitted by EM
+                      (``promptcl.prompts.mixture``); ``counts`` holds each component's weight
+                      times the class's sample count, and ``sample`` draws ``per_class`` samples
+                      per *class*, each from a component chosen by weight. Everything is held in buffers whose shapes are fixed at construction, so the
 statistics are part of ``state_dict()`` and survive checkpoints.
 
 Several processes: ``fit`` must see the same features on every process (gather them with
@@ -31,6 +35,7 @@ no fixed seed); ``kmeans`` below is a small deterministic k-means++ / Lloyd in t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -39,7 +44,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-Mode = Literal["covariance", "variance", "multi-centroid"]
+from promptcl.prompts.mixture import Likelihood, fit_diagonal_mixture
+
+Mode = Literal["covariance", "variance", "multi-centroid", "mixture"]
 RIDGE = 1e-4  # added to every sampling covariance (official ``torch.eye(...) * 1e-4``)
 
 
@@ -56,13 +63,20 @@ class ClassStats(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, dim: int, mode: Mode = "multi-centroid", n_centroids: int = 10
+        self,
+        num_classes: int,
+        dim: int,
+        mode: Mode = "multi-centroid",
+        n_centroids: int = 10,
+        em_iters: int = 200,
+        likelihood: Likelihood = "official",
     ):
         super().__init__()
-        if mode not in ("covariance", "variance", "multi-centroid"):
+        if mode not in ("covariance", "variance", "multi-centroid", "mixture"):
             raise ValueError(f"unknown ClassStats mode {mode!r}")
         self.mode: Mode = mode
-        K = n_centroids if mode == "multi-centroid" else 1
+        self.em_iters, self.likelihood = em_iters, likelihood  # mixture mode only
+        K = n_centroids if mode in ("multi-centroid", "mixture") else 1
         self.register_buffer("means", torch.zeros(num_classes, K, dim))
         if mode == "covariance":
             self.register_buffer("cov", torch.zeros(num_classes, dim, dim))
@@ -91,6 +105,8 @@ class ClassStats(nn.Module):
             self.usable[c] = False
             if self.mode == "multi-centroid":
                 self._fit_centroids(c, x, generator)
+            elif self.mode == "mixture":
+                self._fit_mixture(c, x, generator)
             else:
                 mean = x.mean(0)
                 cov = torch.cov(x.T) if len(x) > 1 else torch.zeros(x.shape[1], x.shape[1])
@@ -116,6 +132,14 @@ class ClassStats(nn.Module):
             self.var[c, k] = (var + RIDGE).to(self.var)
             self.counts[c, k] = len(members)
             self.usable[c, k] = bool(var.mean() > 0)  # official: ``if var.mean() == 0: continue``
+
+    def _fit_mixture(self, c: int, x: Tensor, generator: torch.Generator | None) -> None:
+        K = self.num_components
+        weights, means, var = fit_diagonal_mixture(x, K, self.em_iters, self.likelihood, generator)
+        self.means[c] = means.to(self.means)
+        self.var[c] = var.to(self.var)
+        self.counts[c] = (weights * len(x)).to(self.counts)
+        self.usable[c] = weights > 0
 
     # -- reading ------------------------------------------------------------------------------
     def prototypes(self, classes: Tensor | Sequence[int] | None = None) -> Tensor:
@@ -162,10 +186,23 @@ class ClassStats(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``per_class`` samples per usable component (per centroid for multi-centroid) of each
-        class, as in HiDe: features (N, D), labels (N,), grouped by class."""
+        class, as in HiDe: features (N, D), labels (N,), grouped by class. In mixture mode,
+        ``per_class`` samples per class, each from a component drawn by weight."""
+        if self.mode == "mixture":
+            return self._sample_mixture(classes, per_class, generator)
         labels, comp = self.components(classes)
         comp = comp.repeat_interleave(per_class)
         return self.draw(comp, generator), labels.repeat_interleave(per_class)
+
+    def _sample_mixture(
+        self, classes: Tensor | Sequence[int], per_class: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        classes = torch.as_tensor(classes, dtype=torch.long, device=self.counts.device)
+        self.components(classes)  # raises for classes without statistics
+        weights = self.counts[classes].cpu()  # (n, K)
+        picked = torch.multinomial(weights, per_class, replacement=True, generator=generator)
+        comp = classes[:, None] * self.num_components + picked.to(classes.device)  # (n, per_class)
+        return self.draw(comp.flatten(), generator), classes.repeat_interleave(per_class)
 
 
 @torch.no_grad()
@@ -248,6 +285,16 @@ def replay_batches(
     for s in range(steps):
         rows = slice(s * batch_size, (s + 1) * batch_size)
         yield x[rows], y[rows], pick[rows]
+
+
+@contextlib.contextmanager
+def stored_generator(state: Tensor) -> Iterator[torch.Generator]:
+    """A CPU generator in the state held by the buffer ``state`` (a generator's ``get_state()``);
+    what is drawn from it is written back, so replay resumes exactly from a checkpoint."""
+    g = torch.Generator()
+    g.set_state(state.cpu())
+    yield g
+    state.copy_(g.get_state())
 
 
 def masked_cross_entropy(logits: Tensor, labels: Tensor, allowed: Tensor) -> Tensor:
