@@ -65,8 +65,11 @@ class SemanticResidualPrompts(nn.Module):
                 else _orthogonal(C, 2 * prefix_length, D)
             )
             rows.append((p, _orthogonal(C, query_dim)))
-        self.residuals = nn.Parameter(torch.stack([p for p, _ in rows]))
-        self.modulation = nn.Parameter(torch.stack([a for _, a in rows]))  # (layers, C, F)
+        shape = (C, D) if mode == "value" else (C, 2 * prefix_length, D)
+        residuals = torch.stack([p for p, _ in rows]) if rows else torch.zeros(0, *shape)
+        modulation = torch.stack([a for _, a in rows]) if rows else torch.zeros(0, C, query_dim)
+        self.residuals = nn.Parameter(residuals)
+        self.modulation = nn.Parameter(modulation)  # (layers, C, F)
         self.register_buffer("keys", torch.zeros(C, query_dim))
 
     def set_keys(self, start: int, keys: Tensor) -> None:
@@ -107,7 +110,7 @@ class SemanticResidualPrompts(nn.Module):
         mean_c (||p_c||^2 - 1)^2 + mean_{c, c'} (p_c . p_c')^2 for current c and past c' (past
         detached); prefix mode sums it over the key and the value halves (flattened). 0 when
         there are no past classes."""
-        if past == 0:
+        if past == 0 or not self.layers:
             return self.residuals.new_zeros(())
         total = self.residuals.new_zeros(())
         for i in range(len(self.layers)):

@@ -28,6 +28,12 @@ from synth_stream import synth_run  # noqa: E402
 GOLDEN = HERE / "runs.json"
 SHORT = {"epochs": 1, "batch_size": 16}
 TII = {"tii_epochs": 2, "crct_epochs": 2}
+STAR = {
+    "first_replay_epochs": 1,
+    "second_replay_epochs": 1,
+    "replay_samples": 16,
+    "first_em_iters": 10,
+}
 # One short run per registered method; l2p-augmented covers the random crop and flip.
 RUNS: dict[str, tuple[dict, dict]] = {
     "finetune": ({"name": "finetune", "lr": 1e-4, **SHORT}, {}),
@@ -44,6 +50,10 @@ RUNS: dict[str, tuple[dict, dict]] = {
     ),
     "hide_prompt": ({"name": "hide_prompt", **SHORT, **TII}, {}),
     "hash": ({"name": "hash", **SHORT, **TII}, {}),
+    "star_prompt": (
+        {"name": "star_prompt", "clip_backbone": "tiny-synth-clip", **SHORT, **STAR},
+        {},
+    ),
 }
 DEFAULT_JOB = "default-job"
 
