@@ -61,6 +61,9 @@ Departures from the official code:
   replayed feature, so a run killed in any phase resumes exactly.
 - The keys of past classes come from the stored keys (they are the official values: past
   context vectors receive no gradient, so recomputing them gives the same keys).
+- ``query_cache: true`` caches q(x) per training sample for both stages; the first stage reads
+  the plain view, the second the training view, so the cache is exact only without augmentation
+  (as for the other key-query methods).
 - ``virtual_bs_n`` (gradient accumulation) and ``ortho_split_val`` (their defaults: none) are
   not offered.
 """
@@ -68,6 +71,7 @@ Departures from the official code:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -261,15 +265,7 @@ class StarPrompt(PromptMethod):
                 batches=lambda epoch: self.replay(self.first_stats),
                 finish=self.update_keys,
             ),
-            Phase(
-                "train",
-                cfg.epochs,
-                self.param_groups,
-                self.training_step,
-                Optim.of(cfg),
-                batch_size=cfg.batch_size,
-                finish=self.fit_second_level,
-            ),
+            replace(super().phases(task)[0], finish=self.fit_second_level),  # "train"
         ]
         if task.index > 0 and cfg.second_stage_replay:
             epochs = cfg.second_replay_epochs + cfg.second_replay_epochs_per_task * task.index
