@@ -50,6 +50,10 @@ RUNS: dict[str, tuple[dict, dict]] = {
     ),
     "hide_prompt": ({"name": "hide_prompt", **SHORT, **TII}, {}),
     "hash": ({"name": "hash", **SHORT, **TII}, {}),
+    "tppt": (
+        {"name": "tppt", "variant": "VT", "num_components": 30, **SHORT},
+        {"backbone": "tiny-synth-clip"},
+    ),
     "star_prompt": (
         {"name": "star_prompt", "clip_backbone": "tiny-synth-clip", **SHORT, **STAR},
         {},
