@@ -3,13 +3,16 @@ and an end-to-end run on the reduced stream."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from interrupt import StopAt
 from synth_stream import synth_run
 
 import promptcl
 from promptcl.build import build_backbone
-from promptcl.config import BackboneConfig
+from promptcl.config import BackboneConfig, build_config
+from promptcl.engine.trainer import CHECKPOINT, Trainer
 from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.clip_zeroshot import ClipZeroShot, ZeroShotConfig
@@ -146,3 +149,21 @@ def test_tppt_beats_zero_shot_clip_and_its_frozen_prompts(variant, zero_shot_faa
     frozen = run_on_clip({**method, "lr": 0.0}, tmp_path / "frozen")  # prompts as initialised
     # measured: V 66.0, frozen 64.95; VT 66.35, frozen 65.05; zero-shot 64.2
     assert trained > zero_shot_faa + 1 and trained > frozen + 0.5, (trained, frozen, zero_shot_faa)
+
+
+def test_a_tppt_vt_run_killed_mid_task_resumes_to_the_uninterrupted_result(tmp_path):
+    method = {"name": "tppt", "variant": "VT", "epochs": 2, "batch_size": 16, "num_components": 30}
+
+    def config(out):
+        c = synth_run(method, out)
+        c["backbone"] = {"name": "tiny-synth-clip"}
+        return build_config(c)
+
+    reference = promptcl.run(config(tmp_path / "reference"), quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(tmp_path / "killed"), StopAt(1, "train", 1)).run()
+    resumed = promptcl.resume(tmp_path / "killed", quiet=True)
+    np.testing.assert_array_equal(resumed.accuracy, reference.accuracy)
+    saved = [torch.load(d / CHECKPOINT, weights_only=True)["method"] for d in
+             (tmp_path / "reference", tmp_path / "killed")]  # fmt: skip
+    assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0])

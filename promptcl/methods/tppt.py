@@ -160,8 +160,7 @@ class Tppt(Method):
         self.pool.begin_task(task.index, task.num_tasks)
         if self.text_prompts is not None and len(self.text_prompts) != task.num_tasks:
             # all tasks' text prompts, allocated once: N(0, 0.02^2) as CoOp's context [inferred]
-            generator = torch.Generator().manual_seed(0)
-            init = torch.randn(task.num_tasks, *self._text_shape, generator=generator) * 0.02
+            init = torch.randn(task.num_tasks, *self._text_shape) * 0.02
             self.text_prompts = nn.Parameter(init.to(self.anchors.device))
 
     def task_anchors(self, task: Task) -> Tensor:
