@@ -43,7 +43,10 @@ class DataConfig(Strict):
     root: Path | None = Field(
         None, description="dataset folder (real datasets); None for synthetic ones"
     )
-    split_file: Path | None = Field(None, description="optional train/test split file (ImageNet-R)")
+    split_file: Path | None = Field(
+        None,
+        description="optional train/test split file (ImageNet-R, EuroSAT, RESISC45, CropDisease)",
+    )
     download: bool = Field(False, description="let torchvision download the data (CIFAR-100 only)")
     augment: bool = Field(True, description="random-resized crop + flip on training images")
     crop_scale: tuple[float, float] = Field(
