@@ -21,11 +21,9 @@ thread each). Run on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from grid import run_grid
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -45,13 +43,9 @@ BASELINES = {
 }
 
 
-def run(name: str, seed: int, out: str) -> tuple[str, dict]:
-    import torch
-
-    import promptcl
+def make_config(name: str, seed: int, out: str):
     from promptcl.config import build_config, load_config
 
-    torch.set_num_threads(1)
     common = [f"output.dir={out}", "output.overwrite=true", f"seed={seed}"]
     if name == "coda_prompt":
         backbone = ["backbone.name=tiny-synth-clip"]
@@ -67,11 +61,7 @@ def run(name: str, seed: int, out: str) -> tuple[str, dict]:
     else:
         file, overrides = RUNS[name]
         config = load_config(CONFIGS / f"{file}_synth-shapes-10.yaml", common + overrides)
-    began = time.perf_counter()
-    metrics = promptcl.run(config, quiet=True).metrics
-    row = {k: round(metrics[k], 2) for k in ("faa", "caa", "fm")}
-    row["seconds"] = round(time.perf_counter() - began)
-    return name, row
+    return config
 
 
 def main() -> None:
@@ -81,19 +71,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    rows: dict[str, dict] = {}
-    with ProcessPoolExecutor(args.workers) as pool:
-        jobs = [pool.submit(run, n, args.seed, str(tmp / n.replace(" ", "_"))) for n in args.only]
-        for job in jobs:
-            name, row = job.result()
-            rows[name] = row
-            print(name, json.dumps(row), flush=True)
-    print(f"\nsynth-shapes-10, tiny-synth-clip, seed {args.seed}\n")
-    print("| run | FAA | CAA | FM | seconds |\n|---|---|---|---|---|")
-    for name in args.only:
-        r = rows[name]
-        print(f"| {name} | {r['faa']:.2f} | {r['caa']:.2f} | {r['fm']:.2f} | {r['seconds']} |")
+    run_grid(make_config, args.only, args.workers, args.seed, "synth-shapes-10, tiny-synth-clip")
 
 
 if __name__ == "__main__":
