@@ -36,8 +36,14 @@ class RunParts:
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
-    """A frozen backbone from its preset (``promptcl list`` shows them)."""
-    return backbones.get(cfg.name)(cfg)
+    """A frozen backbone from its preset (``promptcl list`` shows them), run on clips through a
+    frame encoder when ``cfg.frame_encoder`` asks for one."""
+    backbone = backbones.get(cfg.name)(cfg)
+    if cfg.frame_encoder is None:
+        return backbone
+    from promptcl.backbones.video import FrameEncoder
+
+    return FrameEncoder(backbone, cfg.frame_encoder, cfg.spatial_frames, cfg.grid_size)
 
 
 def preprocessing(backbone: Backbone, data: DataConfig) -> Preprocessing:
@@ -58,10 +64,14 @@ def check_capabilities(config: RunConfig, backbone: Backbone, scenario: Scenario
     cls = methods.get(config.method.name)
     data, modality = config.data.name, scenario.data.modality
     if backbone.modality != modality:
+        fix = (
+            "set backbone.frame_encoder (frame-mean, frame-max or frame-grid) to run it on clips"
+            if modality == "video"
+            else f"choose an image backbone (see `promptcl list`) or a {backbone.modality} dataset"
+        )
         raise ConfigError(
             f"dataset {data!r} yields {modality}s, but backbone {config.backbone.name!r} takes "
-            f"{backbone.modality}s: choose a {modality} backbone (see `promptcl list`) or a "
-            f"{backbone.modality} dataset"
+            f"{backbone.modality}s: {fix}"
         )
     if modality not in cls.modalities:
         raise ConfigError(

@@ -45,7 +45,8 @@ class DataConfig(Strict):
     )
     split_file: Path | None = Field(
         None,
-        description="optional train/test split file (ImageNet-R, EuroSAT, RESISC45, CropDisease)",
+        description="optional train/test split file (ImageNet-R, EuroSAT, RESISC45, CropDisease; "
+        "a vCLIMB split for ucf101 / video-folder, which fixes the tasks; breakfast list files)",
     )
     download: bool = Field(False, description="let torchvision download the data (CIFAR-100 only)")
     augment: bool = Field(True, description="random-resized crop + flip on training images")
@@ -64,16 +65,37 @@ class DataConfig(Strict):
     class_order: list[int] | None = Field(
         None, description="explicit class order; None = seeded permutation"
     )
-    shuffle_classes: bool = Field(True, description="permute the class order with the run seed")
+    shuffle_classes: bool = Field(
+        True,
+        description="permute the class order with the run seed (false with a split file that "
+        "fixes the tasks, e.g. vCLIMB)",
+    )
     subsample: int | None = Field(
         None, ge=1, description="keep at most this many train samples per class"
     )
     verify: Literal["quick", "full", "off"] = Field(
         "quick",
-        description="check image files before training: quick opens headers, full decodes",
+        description="check image and video files before training: quick opens headers, full decodes",
     )
     on_bad_file: Literal["error", "skip"] = Field(
-        "error", description="a damaged file found by verify: stop with its path, or skip it"
+        "error",
+        description="a damaged image or video found by verify: stop with its path, or skip it",
+    )
+    frames: int = Field(8, ge=1, description="video: frames per clip (T)")
+    frame_sampler: Literal["segments", "dense"] = Field(
+        "segments",
+        description="video: TSN segments (one frame from each of T equal segments) or a dense "
+        "clip (T frames, frame_stride apart)",
+    )
+    frame_stride: int = Field(4, ge=1, description="video, dense clips: the sampling rate")
+    test_clips: int = Field(
+        1, ge=1, description="video: clips per test video (multi-view testing, logits averaged)"
+    )
+    test_crops: Literal[1, 3] = Field(
+        1, description="video: crops per test clip, 1 (centre) or 3 (multi-view testing)"
+    )
+    official_split: int = Field(
+        1, ge=1, le=4, description="video: the official split (UCF101, HMDB51 1-3; Breakfast 1-4)"
     )
 
 
@@ -82,6 +104,17 @@ class BackboneConfig(Strict):
     pretrained: bool = Field(True, description="load the preset's pretrained weights")
     weights: Path | None = Field(
         None, description="local weight file instead of the hub / shipped one"
+    )
+    frame_encoder: Literal["frame-mean", "frame-max", "frame-grid"] | None = Field(
+        None,
+        description="run an image preset on video clips: frames pooled by mean or max, or the "
+        "frame grid of CoSTEP; None = the preset's own modality",
+    )
+    spatial_frames: int = Field(
+        2, ge=0, description="frame-grid: full-resolution frames (N_sp) [inferred default]"
+    )
+    grid_size: int = Field(
+        2, ge=1, description="frame-grid: g x g frames (N_tp = g^2) tiled into one image"
     )
 
 

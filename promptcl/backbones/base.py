@@ -138,7 +138,7 @@ class Backbone(nn.Module, ABC):
     """A frozen feature extractor with one prompted forward.
 
     Subclasses set ``embed_dim`` (token width D), ``depth`` (number of blocks), ``num_heads``,
-    ``feature_dim`` (width of ``pool``'s output), ``image_size``, ``mean`` and ``std`` (the
+    ``feature_dim`` (width of ``pool``'s output), ``image_size``, ``patch_size``, ``mean`` and ``std`` (the
     per-channel input statistics ``normalize`` applies), and declare per class:
 
     prompt_kinds:  the ``LayerPrompts`` kinds the forward applies; any other raises
@@ -153,6 +153,7 @@ class Backbone(nn.Module, ABC):
     num_heads: int
     feature_dim: int
     image_size: int
+    patch_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 

@@ -68,6 +68,7 @@ class PromptedCLIP(Backbone):
         self.num_heads = int(visual.transformer.resblocks[0].attn.num_heads)
         self.feature_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.embed_dim
         self.image_size = int(visual.image_size[0])
+        self.patch_size = int(visual.patch_size[0])
         preprocess = getattr(visual, "preprocess_cfg", {})
         self.mean = tuple(float(m) for m in preprocess.get("mean", OPENAI_DATASET_MEAN))
         self.std = tuple(float(s) for s in preprocess.get("std", OPENAI_DATASET_STD))

@@ -41,6 +41,7 @@ class PromptedViT(Backbone):
         self.num_heads = int(model.blocks[0].attn.num_heads)
         self.feature_dim = int(getattr(model, "head_hidden_size", model.num_features))
         self.image_size = int(model.patch_embed.img_size[0])
+        self.patch_size = int(model.patch_embed.patch_size[0])
         data_cfg = resolve_model_data_config(model)
         self.mean = tuple(float(m) for m in data_cfg["mean"])
         self.std = tuple(float(s) for s in data_cfg["std"])

@@ -32,6 +32,10 @@ class DatasetPair:
     default_tasks: int = 10  # the benchmark's usual number of tasks, when the config gives none
     modality: Modality = "image"  # items are images (C, H, W) or clips (T, C, H, W)
     skipped: list[str] = field(default_factory=list)  # damaged files left out (data.on_bad_file)
+    # Classes per task fixed by the data's own split file (vCLIMB), or None. Labels are then
+    # numbered task by task in the file's order: task t holds labels [sum(sizes[:t]), ...), and
+    # the scenario learns them in label order (``Scenario.from_config``).
+    task_sizes: list[int] | None = None
 
     @property
     def num_classes(self) -> int:

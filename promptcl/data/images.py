@@ -25,15 +25,13 @@ Accepted layouts (``data.root`` may also point at the inner dataset folder):
 File-based builders check their files right after listing them (``data.verify``: ``quick`` reads
 headers, ``full`` decodes, ``off``; see ``promptcl.data.verify``): a damaged file stops the build
 with its path, or is left out with ``data.on_bad_file: skip`` and listed in ``DatasetPair.skipped``.
-CIFAR-100 pickles are read by a restricted unpickler that loads only plain data and numpy arrays,
-so a crafted file cannot run code.
+CIFAR-100 pickles are read by ``promptcl.data.safe_pickle.load_restricted``, which loads only plain
+data and (allowed here) numpy arrays, so a crafted file cannot run code.
 """
 
 from __future__ import annotations
 
-import codecs
 import importlib
-import pickle
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -48,6 +46,7 @@ from torch.utils.data import Dataset
 from promptcl.config import DataConfig
 from promptcl.data.base import DatasetPair, Preprocessing
 from promptcl.data.imagenet_r_classes import IMAGENET_R_CLASSES
+from promptcl.data.safe_pickle import ForbiddenGlobal, load_restricted
 from promptcl.data.verify import Items, verify_splits
 from promptcl.errors import DataError
 from promptcl.registry import datasets
@@ -182,65 +181,40 @@ def _find_cifar(root: Path) -> Path | None:
     return None
 
 
-def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it for bytes: latin-1 only."""
-    if codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}, not latin-1")
-    return codecs.encode(text, "latin-1", errors)
-
-
-def _numpy_global(name: str, *modules: str) -> Callable[[], Any]:
-    """A loader of ``name`` from the first of ``modules`` that imports (numpy 2 or 1 names)."""
-
-    def load() -> Any:
-        for module in modules:
-            try:
-                return getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):
-                continue
-        raise pickle.UnpicklingError(f"numpy lacks {name}")
-
-    return load
+def _numpy_global(name: str, *modules: str) -> Any:
+    """``name`` from the first of ``modules`` that has it (numpy 2 or numpy 1 module names)."""
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
 
 
 _MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
 _NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
-# The only globals a CIFAR-100 pickle holds (numpy arrays, dtypes and scalars; protocol-2 bytes),
-# under numpy 1 (numpy.core) and numpy 2 (numpy._core) names.
-_CIFAR_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+# The only globals a CIFAR-100 pickle holds besides plain data (numpy arrays, dtypes and
+# scalars), under numpy 1 (numpy.core) and numpy 2 (numpy._core) names; protocol-2 bytes
+# (``_codecs.encode``) are plain data to ``load_restricted``.
+_CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
     **{(m, "_reconstruct"): _numpy_global("_reconstruct", *_MULTIARRAY) for m in _MULTIARRAY},
     **{(m, "scalar"): _numpy_global("scalar", *_MULTIARRAY) for m in _MULTIARRAY},
     **{(m, "_frombuffer"): _numpy_global("_frombuffer", *_NUMERIC) for m in _NUMERIC},
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: _latin1_encode,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
 }
-
-
-class _ForbiddenGlobal(pickle.UnpicklingError):
-    """A pickle asked for a global outside ``_CIFAR_GLOBALS``."""
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Loads plain data and numpy arrays only: a crafted pickle cannot call anything else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        load = _CIFAR_GLOBALS.get((module, name))
-        if load is None:
-            raise _ForbiddenGlobal(f"{module}.{name}")
-        return load()
+_CIFAR_GLOBALS = {key: obj for key, obj in _CIFAR_GLOBALS.items() if obj is not None}
 
 
 def _unpickle(path: Path, root: Path) -> dict[str, Any]:
-    """The dict in one CIFAR-100 pickle, read with ``_CifarUnpickler``."""
+    """The dict in one CIFAR-100 pickle, read with ``load_restricted`` (plain data and numpy)."""
     try:
-        with path.open("rb") as f:
-            raw = _CifarUnpickler(f, encoding="latin1").load()
-    except _ForbiddenGlobal as err:
+        raw = load_restricted(path, _CIFAR_GLOBALS, encoding="latin1")
+    except ForbiddenGlobal as err:
         raise _error(
             "cifar100",
-            f"{path} is not a genuine CIFAR-100 pickle: it asks to load the global {err}, which "
-            "CIFAR-100 files never hold (nothing was run); re-download it",
+            f"{path} is not a genuine CIFAR-100 pickle: it asks to load the global "
+            f"{err.global_name}, which CIFAR-100 files never hold (nothing was run); re-download it",
             root,
         ) from None
     except Exception as err:  # a damaged or crafted pickle can raise nearly anything

@@ -4,6 +4,12 @@ The class order is a seeded permutation or an explicit list; tasks are equal spl
 plus equal increments (vCLIMB 11 + 9x10, TCD 51 + 10x5), or an explicit list of sizes. Labels are
 remapped so that task t owns the contiguous range ``[start_t, end_t)`` of new labels: the logits of
 the classes seen so far are always a prefix of the head.
+
+A dataset read with a split file that fixes its tasks (a vCLIMB split: ``DatasetPair.task_sizes``)
+is learned exactly as the file says: its classes in label order (the file's), its task sizes. The
+config may restate that structure but not change it: ``data.shuffle_classes`` must be false, and
+``data.num_tasks`` / ``base_classes`` / ``task_sizes`` / ``class_order``, when set, must give the
+file's tasks and order; anything else is a ConfigError that says so.
 """
 
 from __future__ import annotations
@@ -58,6 +64,41 @@ def resolve_class_order(cfg: DataConfig, num_classes: int, seed: int) -> list[in
     return np.random.default_rng(seed).permutation(num_classes).tolist()
 
 
+def resolve_fixed_tasks(cfg: DataConfig, data: DatasetPair) -> tuple[list[int], list[int]]:
+    """Task sizes and class order of a dataset whose split file fixes its tasks (see the module
+    notes): the file's, after checking that the config does not ask for others."""
+    fixed = list(data.task_sizes or [])
+    if not fixed or any(s < 1 for s in fixed) or sum(fixed) != data.num_classes:
+        raise ValueError(f"task sizes {fixed} do not cover the {data.num_classes} classes")
+    source = (
+        f"the dataset's split file (data.split_file: {cfg.split_file}) fixes {len(fixed)} tasks"
+    )
+    asked: object = fixed  # what the config asks for, when it says anything
+    if cfg.task_sizes is not None or cfg.base_classes is not None:
+        try:
+            asked = resolve_task_sizes(cfg, data.num_classes, len(fixed))
+        except ConfigError as err:
+            asked = str(err)
+    elif cfg.num_tasks is not None and cfg.num_tasks != len(fixed):
+        asked = f"{cfg.num_tasks} tasks"
+    if asked != fixed:
+        raise ConfigError(
+            f"{source} of sizes {fixed}, but data.num_tasks / base_classes / task_sizes ask "
+            f"for {asked}: remove these keys (or give the file's sizes) to run its tasks"
+        )
+    order = list(range(data.num_classes))
+    if cfg.class_order is not None and list(cfg.class_order) != order:
+        raise ConfigError(
+            f"{source} and its class order; data.class_order cannot reorder them: remove the key"
+        )
+    if cfg.shuffle_classes:
+        raise ConfigError(
+            f"{source} and its class order, task by task; set data.shuffle_classes: false to learn "
+            "them as the file says (shuffling would mix the file's tasks)"
+        )
+    return fixed, order
+
+
 class RemappedSubset(Dataset):
     """Selected samples of a dataset with labels mapped to their position in the class order.
 
@@ -100,6 +141,9 @@ class Scenario:
         seed: int,
         train_eval: LabelledDataset | None = None,
     ) -> Scenario:
+        if data.task_sizes is not None:
+            sizes, order = resolve_fixed_tasks(cfg, data)
+            return cls(data, order, sizes, train_eval, cfg.subsample)
         sizes = resolve_task_sizes(cfg, data.num_classes, data.default_tasks)
         order = resolve_class_order(cfg, data.num_classes, seed)
         if len(order) < sum(sizes):

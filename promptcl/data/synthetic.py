@@ -334,11 +334,12 @@ def build_synth_shapes_pretrain(cfg: DataConfig, pre: Preprocessing, seed: int) 
 
 @datasets.register("synth-motion-5")
 def build_synth_motion_5(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
-    """Continual split: 40 classes, 40 train / 20 test clips (8 x 3 x 32 x 32) each, 5 tasks."""
-    return synth_motion_pair("continual", 40, 20, pre, default_tasks=5)
+    """Continual split: 40 classes, 40 train / 20 test clips (T x 3 x 32 x 32, T = data.frames,
+    default 8) each, 5 tasks."""
+    return synth_motion_pair("continual", 40, 20, pre, default_tasks=5, frames=cfg.frames)
 
 
 @datasets.register("synth-motion-pretrain")
 def build_synth_motion_pretrain(cfg: DataConfig, pre: Preprocessing, seed: int) -> DatasetPair:
     """Pretraining split: 216 classes disjoint from the continual ones, 60 train / 10 test clips."""
-    return synth_motion_pair("pretrain", 60, 10, pre, default_tasks=1)
+    return synth_motion_pair("pretrain", 60, 10, pre, default_tasks=1, frames=cfg.frames)

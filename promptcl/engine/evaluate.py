@@ -5,6 +5,12 @@ batch mixes tasks (batch-level tricks cannot act as a task oracle). Several proc
 batches and gather their predictions (``predict``). The method predicts logits over
 all classes; the logits of classes not seen yet are masked; the predictions are stored and the
 accuracy of each task is computed from them.
+
+Multi-view testing of videos (``data.test_clips`` x ``data.test_crops`` > 1): a test item is then
+V views of one video, a batch (B, V, T, C, H, W). The method predicts all B x V views at once
+(``x.flatten(0, 1)``, so the forward sees B x V clips: size ``train.eval_batch_size`` with that
+in mind) and the seen-class logits are averaged over the V views of each video before the argmax,
+as in TSN / SlowFast multi-view testing. Images and single-view clips are predicted as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from promptcl import collectives
 from promptcl.engine.sharding import ShardedBatches, shuffled_order
 from promptcl.engine.step import autocast
+
+MULTI_VIEW_DIMS = 6  # a batch (B, V, T, C, H, W) of V test views per video
 
 
 @torch.no_grad()
@@ -47,8 +55,13 @@ def predict(
     )
     preds, targets = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
     for x, y, *_ in loader:
-        with autocast(precision, device):
-            logits = predict_fn(x.to(device))[:, :seen_classes]  # (B, seen): unseen masked
+        if x.dim() == MULTI_VIEW_DIMS:  # (B, V, T, C, H, W): views of each video
+            with autocast(precision, device):
+                logits = predict_fn(x.to(device).flatten(0, 1))[:, :seen_classes]  # (B V, seen)
+            logits = logits.float().unflatten(0, x.shape[:2]).mean(dim=1)  # (B, seen)
+        else:
+            with autocast(precision, device):
+                logits = predict_fn(x.to(device))[:, :seen_classes]  # (B, seen): unseen masked
         preds.append(logits.argmax(dim=1).cpu())
         targets.append(y)
     mine = torch.stack([torch.tensor(batches.positions()), torch.cat(preds), torch.cat(targets)], 1)

@@ -54,6 +54,7 @@ RUNS: dict[str, tuple[dict, dict]] = {
         {"name": "tppt", "variant": "VT", "num_components": 30, **SHORT},
         {"backbone": "tiny-synth-clip"},
     ),
+    "costep": ({"name": "costep", "width": 32, "timesteps": 100, "replay_epochs": 2, **SHORT}, {}),
     "star_prompt": (
         {"name": "star_prompt", "clip_backbone": "tiny-synth-clip", **SHORT, **STAR},
         {},
