@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -81,14 +82,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="+", default=None, help="run names (see runs())")
-    parser.add_argument("--out", default="/tmp/promptcl-video-methods")
     args = parser.parse_args()
     names = args.only or list(runs())
+    out = tempfile.mkdtemp(prefix="promptcl-video-methods-")
     with ProcessPoolExecutor(args.workers) as pool:
         jobs = {
-            (name, seed): pool.submit(
-                _run, name, seed, f"{args.out}/{name}-{seed}".replace(" ", "_")
-            )
+            (name, seed): pool.submit(_run, name, seed, f"{out}/{name}-{seed}".replace(" ", "_"))
             for seed in args.seeds
             for name in names
         }

@@ -34,14 +34,25 @@ random stream).
 
 Forgetting [inferred]. The targets of past tasks stay fixed (A_t trains only during task t), but
 a generator trained on the current task alone would forget how to map old videos to old prompts.
-With ``replay: true`` it also denoises the old targets A_{task(c)} conditioned on embeddings drawn
-from per-class diagonal Gaussians of Ê (fitted after each task: statistics, no stored videos, as
-HiDe-Prompt's and Hash's head alignment keep).
+So each task has two phases: "train" (the loss L above), whose finish fits per-class diagonal
+Gaussians of Ê over the task's data (statistics, no stored videos, as HiDe-Prompt and Hash keep),
+and, with ``replay: true``, "generator": ``replay_epochs`` epochs in which only the generator
+learns, on ``replay_samples`` embeddings drawn per seen class, each with its class's task target
+A_{task(c)} (its noise from the ``replay_rng`` buffer, so a resumed run draws the same).
 
 [inferred] choices, each a config field: per-task targets A_t (not per class or per video),
-prefix-tuning of blocks 0-4 with L_p = 8, a two-level 1-D U-Net over the M * L_p prompt tokens
-FiLM-conditioned on the timestep and Ê, x0-prediction, 1000 steps of linear betas 1e-4..0.02,
-5 DDIM sampling steps, λ_A = λ_D = 1, the replay above, Adam at 1e-3 (CODA-Prompt's recipe).
+prefix-tuning of blocks 0-4 with L_p = 8 (``injection: tokens`` inserts L_p prompt tokens
+instead), a two-level 1-D U-Net over the M * L_p prompt tokens FiLM-conditioned on the timestep
+and Ê (``condition: tokens`` conditions on the frozen final tokens instead, by cross-attention
+at the U-Net's middle level), x0-prediction, 1000 steps of linear betas 1e-4..0.02, 5 DDIM
+sampling steps, λ_A = λ_D = 1, the generator phase above, Adam at 1e-3 (CODA-Prompt's recipe).
+
+Measured on the offline world (issue 11's closing note): on ``synth-motion-5`` with the frozen
+tiny-synth-vit, the generated prompts do not beat frozen ones. With a task oracle the trained
+targets add 1-9 points over no prompt, but the generator picks its task's target for about half
+the clips (chance): sibling classes (one appearance, another frame order) fall into different
+tasks, and the pooled frozen embedding Ê of a grid cannot tell them apart (a linear probe on it
+reaches 16 %, on the grid's tokens 46 %).
 """
 
 from __future__ import annotations
