@@ -7,7 +7,9 @@
    adaptation);
 3. zero-shot tiny-synth-clip on the continual classes' captions, against chance (1%);
 4. on synth-motion-5, a linear classifier on mean-pooled frame features against one on the frame
-   sequence (concatenated features): motion classes need the order of the frames.
+   sequence (concatenated features): motion classes need the order of the frames; and one on the
+   frozen frame grid (2 x 2 frames in one image, CoSTEP's): its class token against all its
+   tokens, i.e. whether the frozen ViT's pooled feature keeps the order that the grid shows.
 
     python benchmarks/offline_world.py [--quick]
 """
@@ -63,6 +65,23 @@ def frame_features(name: str) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+@torch.no_grad()
+def grid_features(name: str) -> tuple[torch.Tensor, ...]:
+    """The frozen frame grid of each clip (tiny-synth-vit, frame-grid with no full frames): its
+    class token (N, F) and all its final tokens (N, L * D), for train and test."""
+    grid = build_backbone(
+        BackboneConfig(name="tiny-synth-vit", frame_encoder="frame-grid", spatial_frames=0)
+    )
+    plain = Preprocessing(grid.image_size, augment=False)
+    pair = datasets.get(name)(DataConfig(name=name), plain, 0)
+    out = []
+    for split in (pair.train, pair.test):
+        clips = torch.stack([split[i][0] for i in range(len(split))])  # (N, T, 3, H, W)
+        tokens = grid(clips)  # (N, L, D)
+        out += [grid.pool(tokens), tokens.flatten(1), torch.tensor(split.targets)]
+    return tuple(out)
+
+
 def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 300) -> float:
     torch.manual_seed(0)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
@@ -99,6 +118,9 @@ def main() -> None:
     results["motion_frame_order"] = linear_probe(
         train_x.flatten(1), train_y, test_x.flatten(1), test_y
     )
+    cls_train, tok_train, train_y, cls_test, tok_test, test_y = grid_features("synth-motion-5")
+    results["motion_grid_class_token"] = linear_probe(cls_train, train_y, cls_test, test_y)
+    results["motion_grid_all_tokens"] = linear_probe(tok_train, train_y, tok_test, test_y)
     results["motion_chance"] = 100.0 / (int(train_y.max()) + 1)
     results["seconds"] = round(time.perf_counter() - began, 1)
     ratio = results["simplecil_pretrained"] / max(results["simplecil_random"], 1e-9)
