@@ -247,6 +247,7 @@ def test_ssv2_lists_templates(tmp_path: Path) -> None:
     assert listing.class_names == [t[0].lower() + t[1:] for t in SSV2_TEMPLATES]
     assert (len(listing.train), len(listing.test)) == (9, 6)
     assert [y for _, y in listing.train] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert not listing.flips  # "from left to right" must not be mirrored into its opposite
     assert listing.test[0][0].name == "110.webm" and listing.test[-1] == (
         tmp_path / "20bn-something-something-v2" / "115.webm",
         2,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from promptcl.config import DataConfig
 from promptcl.data.base import Preprocessing
@@ -275,6 +276,14 @@ def test_video_pair_items(videos: dict[str, Path]) -> None:
     plain = video_pair("ucf101", cfg, items, items, ["a", "b"], Preprocessing(16).plain())
     assert not plain.train.random and plain.train.views == 1
     assert torch.equal(plain.train[0][0], plain.train[0][0])  # deterministic
+
+    def flipping(pair) -> bool:
+        return any(isinstance(t, v2.RandomHorizontalFlip) for t in pair.train.transform.transforms)
+
+    assert flipping(pair)
+    assert not flipping(
+        video_pair("ssv2", cfg, items, items, ["a", "b"], Preprocessing(16), flips=False)
+    )
 
 
 def test_test_views_are_clip_major(videos: dict[str, Path]) -> None:

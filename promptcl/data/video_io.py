@@ -77,8 +77,6 @@ _FIX = (
     "replace the file, or set data.verify: full to find every damaged file before training "
     "and data.on_bad_file: skip to leave them out"
 )
-# Datasets whose labels a mirror image changes ("pushing something from left to right").
-_DIRECTIONAL = ("ssv2", "something")
 
 
 class _Damaged(Exception):
@@ -643,11 +641,6 @@ class VideoFileDataset(Dataset):
         return torch.stack(views), self.targets[index]  # (V, T, C, size, size)
 
 
-def _flips(name: str) -> bool:
-    """Whether mirrored clips keep their labels (not for Something-Something's directions)."""
-    return not any(word in name.lower() for word in _DIRECTIONAL)
-
-
 def video_pair(
     name: str,
     cfg: DataConfig,
@@ -657,19 +650,20 @@ def video_pair(
     pre: Preprocessing,
     can_delete: bool = True,
     default_tasks: int = 10,
+    flips: bool = True,
 ) -> DatasetPair:
     """The DatasetPair of listed video sources, after checking them (``data.verify``,
     ``data.on_bad_file``; damaged sources are listed in ``skipped``).
 
     Train: one clip per item, sampled at random when ``pre.augment`` (deterministic in the plain
     view, ``pre.plain()``); test: ``cfg.test_clips`` x ``cfg.test_crops`` views per item.
-    Horizontal flips are off for Something-Something (``name`` containing "ssv2" or
-    "something"), whose labels name directions.
+    ``flips=False`` for datasets whose labels a mirror image changes (Something-Something:
+    "pushing something from left to right").
     """
     train, test, skipped = verify.verify_splits(
         name, train, test, class_names, cfg.verify, cfg.on_bad_file, can_delete, kind="video"
     )
-    transforms = pre.transforms("video", flips=_flips(name))
+    transforms = pre.transforms("video", flips=flips)
     sampler = FrameSampler.from_config(cfg)
     train_set = VideoFileDataset(
         [p for p, _ in train],

@@ -139,6 +139,7 @@ class VideoListing:
     task_sizes: list[int] | None = None  # fixed by a vCLIMB split file
     can_delete: bool = True  # False when the videos are named in list files
     default_tasks: int = 10
+    flips: bool = True  # False when a mirrored clip changes its label (SSv2's directions)
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -599,7 +600,7 @@ def list_ssv2(cfg: DataConfig) -> VideoListing:
                 items[part].append((found, index[cls]))
     finder.check("ssv2", f"{labels}/{{train,validation}}.json, under {folder}", root)
     _check_every_class("ssv2", items["train"], items["test"], names, root)
-    return VideoListing(items["train"], items["test"], names, can_delete=False)
+    return VideoListing(items["train"], items["test"], names, can_delete=False, flips=False)
 
 
 # --- Breakfast ---------------------------------------------------------------------------------
@@ -870,6 +871,7 @@ def _pair(name: str, cfg: DataConfig, listing: VideoListing, pre: Preprocessing)
         pre,
         can_delete=listing.can_delete,
         default_tasks=listing.default_tasks,
+        flips=listing.flips,
     )
     if listing.task_sizes is not None:
         pair = replace(pair, task_sizes=list(listing.task_sizes))
