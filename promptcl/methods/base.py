@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from promptcl import collectives
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
 from promptcl.prompts.query import QueryCache
@@ -230,3 +231,18 @@ class Method(nn.Module, ABC):
         masked = torch.full_like(logits, float("-inf"))
         masked[:, start : self.task.end] = logits[:, start : self.task.end]
         return masked
+
+
+@torch.no_grad()
+def gather_features(
+    loader: DataLoader, encode: Callable[[Tensor], Tensor], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """``encode`` of this process's block of a task's data and the labels, gathered in order over
+    processes, so that every process fits the same statistics from them."""
+    features, labels = [], []
+    for x, y, *_ in loader:
+        features.append(encode(x.to(device)))
+        labels.append(y.to(device))
+    return collectives.all_gather_cat(torch.cat(features)), collectives.all_gather_cat(
+        torch.cat(labels)
+    )

@@ -68,10 +68,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from promptcl import collectives
 from promptcl.backbones.base import Backbone, LayerPrompts
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Batch, Optim, Phase, Task
+from promptcl.methods.base import Batch, Optim, Phase, Task, gather_features
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod, check_layers
 from promptcl.prompts.gaussian import ClassStats, stored_generator
 from promptcl.prompts.generators import GeneratorKind, PromptGenerator
@@ -237,14 +236,8 @@ class CoSTEP(PromptMethod):
     @torch.no_grad()
     def fit_conditions(self, loader: DataLoader) -> None:
         """Per-class diagonal Gaussians of Ê over the task's data (all processes' blocks)."""
-        device = self.head.weight.device
-        features, labels = [], []
-        for x, y, *_ in loader:
-            features.append(self.condition(x.to(device)).flatten(1))
-            labels.append(y.to(device))
-        features = collectives.all_gather_cat(torch.cat(features))
-        labels = collectives.all_gather_cat(torch.cat(labels))
-        self.stats.fit(features, labels)
+        flat = lambda x: self.condition(x).flatten(1)  # noqa: E731
+        self.stats.fit(*gather_features(loader, flat, self.head.weight.device))
         seed = int(torch.randint(2**62, (1,)))  # the replay's noise comes from the run's seed
         self.replay_rng.copy_(torch.Generator().manual_seed(seed).get_state())
 

@@ -70,7 +70,7 @@ Departures from the official code:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -80,11 +80,10 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from promptcl import collectives
 from promptcl.backbones.base import Backbone
 from promptcl.config import AuxiliaryBackbone, BackboneConfig, Schedule
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Batch, Optim, Phase, Task
+from promptcl.methods.base import Batch, Optim, Phase, Task, gather_features
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
 from promptcl.methods.task_inference import init_linear
 from promptcl.prompts.class_context import ClassContext
@@ -297,7 +296,7 @@ class StarPrompt(PromptMethod):
         """After the first stage: the new classes' mixtures of q(x)."""
         g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))  # from the run's RNG
         if self.config.first_stage_replay:
-            queries, labels = self._gather(loader, lambda x: self.query(x))
+            queries, labels = gather_features(loader, self.query, self.head.weight.device)
             self.first_stats.fit(queries, labels, g)
         self.replay_rng.copy_(g.get_state())
 
@@ -349,7 +348,9 @@ class StarPrompt(PromptMethod):
         if not self.config.second_stage_replay:
             return
         past = self.task.start
-        features, labels = self._gather(loader, lambda x: self.features(x, self.query(x), past))
+        features, labels = gather_features(
+            loader, lambda x: self.features(x, self.query(x), past), self.head.weight.device
+        )
         with stored_generator(self.replay_rng) as g:
             self.second_stats.fit(features, labels, g)
         self.head_backup.copy_(torch.cat([self.head.weight, self.head.bias[:, None]], dim=1))
@@ -360,16 +361,3 @@ class StarPrompt(PromptMethod):
         logits = self.head(batch.x)[:, : self.task.end]  # (B, seen)
         logits = logits / (LOGIT_NORM * (logits.norm(dim=-1, keepdim=True) + 1e-7))
         return {"loss": F.cross_entropy(logits, batch.y)}
-
-    def _gather(
-        self, loader: DataLoader, encode: Callable[[Tensor], Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        """``encode`` of this process's block of the task's data, gathered in order over
-        processes, and the labels: every process fits the same statistics."""
-        device = self.head.weight.device
-        features, labels = [], []
-        for x, y, *_ in loader:
-            features.append(encode(x.to(device)))
-            labels.append(y.to(device))
-        gather = collectives.all_gather_cat
-        return gather(torch.cat(features)), gather(torch.cat(labels))

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 
 from promptcl import collectives
 from promptcl.backbones.base import Backbone
-from promptcl.methods.base import Batch, Optim, Phase, Task
+from promptcl.methods.base import Batch, Optim, Phase, Task, gather_features
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod
 from promptcl.prompts.gaussian import (
     ClassStats,
@@ -225,13 +225,7 @@ class TaskInferenceMethod(PromptMethod):
         """The TII's training data, q(x) of the task: kept from ``fit_statistics``, or recomputed
         (the same values) when a run resumes inside the phase."""
         if self._tii_data is None:
-            device = self.head.weight.device
-            plain, labels = [], []
-            for x, y, *_ in loader:
-                plain.append(self.query(x.to(device)))
-                labels.append(y.to(device))
-            gather = collectives.all_gather_cat
-            self._tii_data = gather(torch.cat(plain)), gather(torch.cat(labels))
+            self._tii_data = gather_features(loader, self.query, self.head.weight.device)
 
     def tii_batches(self, epoch: int) -> Iterator[Batch]:
         """The TII stage of one epoch: the task's features, shuffled, in batches."""
