@@ -154,6 +154,12 @@ class MethodConfig(Strict):
         """True if the run votes prompts over a test batch (a task oracle, labelled as such)."""
         return False
 
+    @property
+    def released_bugs(self) -> list[str]:
+        """Bugs of a released code base this run reproduces on purpose, one phrase each; written
+        into the run's protocol and console like the task oracle."""
+        return []
+
 
 class TrainConfig(Strict):
     device: str = Field("cpu", description="torch device")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from phase_runner import finish_task
+from released_code import released_e_prefixes
 from synth_stream import synth_run
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -98,6 +99,27 @@ def test_each_sample_runs_with_the_prompt_of_its_own_inferred_task():
             assert torch.equal(prefix[layer][0][i], method.prompts[t][j, 0])  # keys
             assert torch.equal(prefix[layer][1][i], method.prompts[t][j, 1])  # values
     torch.testing.assert_close(logits, singles, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mixing", [False, True])
+def test_released_kv_mixing_reproduces_the_released_reshape(mixing):
+    method = tiny_method(released_kv_mixing=mixing)
+    for task in TASKS:
+        method.begin_task(task)
+    with torch.no_grad():
+        for prompt in method.prompts:
+            prompt.uniform_(-1, 1)
+    tasks = torch.tensor([1, 0, 0, 1])
+    pool = torch.stack(list(method.prompts)).detach()  # (T, layers, 2, L, D)
+    prefix = method.layer_prompts(pool[tasks]).prefix
+    heads = method.backbone.num_heads
+    for j, layer in enumerate(method.config.prompt_layers):
+        port_key, port_value = released_e_prefixes(pool, tasks, j, heads)
+        key, value = prefix[layer]
+        assert torch.equal(key, port_key if mixing else pool[tasks, j, 0])
+        assert torch.equal(value, port_value if mixing else pool[tasks, j, 1])
+    assert not torch.equal(port_key, pool[tasks, j, 0])
+    assert bool(method.config.released_bugs) is mixing
 
 
 def test_only_prompts_tii_and_head_learn_and_the_backbone_is_unchanged():

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from released_code import released_e_prefixes
 from synth_stream import synth_run
 from torch.nn import functional as F
 
@@ -17,6 +18,7 @@ from promptcl.backbones.base import LayerPrompts
 from promptcl.config import BackboneConfig, build_config, load_config, method_config
 from promptcl.engine.progress import Console
 from promptcl.engine.trainer import Trainer, protocol
+from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.dualprompt import DualPrompt
 from promptcl.methods.l2p import L2P
@@ -142,6 +144,41 @@ def test_l2p_inserts_its_prompts_at_the_input_and_reads_the_prompt_tokens():
     torch.testing.assert_close(logits, method.head(tokens[:, 1:7].mean(dim=1)))
 
 
+def l2p_pytorch_logits(method: L2P, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """JH-LEE-KR/l2p-pytorch's forward, restated: the prompts are concatenated before the
+    patches, then the position embedding widened by ``resize_pos_embed`` is added: the class
+    token's row, that row again for every prompt token, then the patch rows."""
+    vit = method.backbone.model
+    patches = vit.patch_embed(method.backbone.normalize(x))  # (B, P, D)
+    prompts = method.pool.prompts[indices].flatten(1, 2)  # (B, N L_p, D)
+    cls_row, patch_rows = vit.pos_embed[:, :1], vit.pos_embed[:, 1:]
+    widened = torch.cat([cls_row, cls_row.expand(-1, prompts.shape[1], -1), patch_rows], dim=1)
+    sequence = torch.cat([vit.cls_token.expand(len(x), -1, -1), prompts, patches], dim=1) + widened
+    tokens = vit.norm(vit.blocks(sequence))
+    return method.head(tokens[:, 1 : 1 + prompts.shape[1]].mean(dim=1))
+
+
+@pytest.mark.parametrize("pos_embed", ["none", "cls"])
+def test_l2p_prompt_pos_embed_cls_reproduces_l2p_pytorch(pos_embed):
+    method = build({"name": "l2p", "prompt_pos_embed": pos_embed}, backbone="tiny-synth-vit")
+    indices = torch.tensor([[0, 3, 1, 4, 2], [9, 8, 7, 6, 5]])
+    with torch.no_grad():
+        method.head.weight.normal_()
+        ours, port = (
+            method.classify(images(2), indices),
+            l2p_pytorch_logits(method, images(2), indices),
+        )
+    if pos_embed == "cls":
+        torch.testing.assert_close(ours, port, rtol=1e-5, atol=1e-5)
+    else:  # the paper's and the JAX code's prompts carry no position embedding
+        assert (ours - port).abs().max() > 1e-3
+
+
+def test_l2p_prompt_pos_embed_cls_needs_a_vit():
+    with pytest.raises(ConfigError, match="prompt_pos_embed"):
+        build({"name": "l2p", "prompt_pos_embed": "cls"}, backbone="tiny-clip")
+
+
 def test_l2p_trains_only_prompts_keys_and_head():
     method = build({"name": "l2p"}).train()
     method.begin_task(Task(0, 0, 3, 2))
@@ -182,6 +219,25 @@ def test_dualprompt_gives_each_sample_the_prefix_of_its_selected_task():
         assert all(torch.equal(prefix[layer][0][b], method.g_prompt[j, 0]) for b in range(4))
         assert all(torch.equal(prefix[layer][1][b], method.g_prompt[j, 1]) for b in range(4))
     torch.testing.assert_close(logits, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mixing", [False, True])
+def test_dualprompt_released_kv_mixing_reproduces_the_ports_reshape(mixing):
+    method = build({"name": "dualprompt", "released_kv_mixing": mixing}, backbone="tiny-synth-vit")
+    for t in range(3):
+        method.begin_task(Task(t, 2 * t, 2 * t + 2, 3))
+    with torch.no_grad():
+        method.e_pool.prompts.uniform_(-1, 1)
+    ids = torch.tensor([2, 0, 1, 2])
+    prefix = method.prompts(ids).prefix
+    for j, layer in enumerate(method.config.e_layers):
+        key, value = prefix[layer]
+        port_key, port_value = released_e_prefixes(method.e_pool.prompts, ids, j, heads=3)
+        own_key, own_value = method.e_pool.prompts[ids, j, 0], method.e_pool.prompts[ids, j, 1]
+        assert torch.equal(key, port_key if mixing else own_key)
+        assert torch.equal(value, port_value if mixing else own_value)
+    assert not torch.equal(port_key, own_key)  # the bug is visible on this batch
+    assert bool(method.config.released_bugs) is mixing
 
 
 def test_dualprompt_selects_among_seen_tasks_and_votes_only_when_asked():
@@ -300,5 +356,9 @@ def test_shipped_configs_load(method, dataset):
     assert protocol(config).startswith("class-incremental")
     voting = load_config(CONFIGS / f"{method}_{dataset}.yaml", ["method.task_oracle_voting=true"])
     assert protocol(voting).startswith("task-oracle")
+    if method == "dualprompt":
+        bug = load_config(CONFIGS / f"{method}_{dataset}.yaml", ["method.released_kv_mixing=true"])
+        assert "reproduces the released code's bug" in protocol(bug)
+        assert "bug" not in protocol(config)
     real = dataset != "synth-shapes-10"
     assert config.backbone.name == ("vit-b16-sup21k" if real else "tiny-synth-vit")

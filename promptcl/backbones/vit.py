@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from timm.data import resolve_model_data_config
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -87,6 +88,14 @@ class PromptedViT(Backbone):
         out = add_residual(attn.proj_drop(attn.proj(out)), residual)  # (B, N, D)
         x = x + block.drop_path1(block.ls1(out))
         return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+    def class_position(self) -> Tensor:
+        """(D,) the position embedding the class token receives at the input; zeros where it
+        receives none (``no_embed_class``, no position embedding)."""
+        m = self.model
+        if m.pos_embed is None or m.no_embed_class or m.cls_token is None:
+            return torch.zeros(self.embed_dim, device=m.patch_embed.proj.weight.device)
+        return m.pos_embed[0, 0]
 
     def pool(self, tokens: Tensor) -> Tensor:
         """(B, N, D) -> (B, feature_dim): timm's pooling + fc_norm, i.e. the pre-logits feature."""

@@ -47,6 +47,8 @@ class Console:
                 "[bold red]TASK-ORACLE:[/] batch-wise prompt voting at test time uses the batch's "
                 "majority task; these numbers are not class-incremental results"
             )
+        for bug in config.method.released_bugs:
+            self.rich.print(f"[bold red]RELEASED BUG REPRODUCED:[/] {bug}")
         processes, backend = world
         if processes > 1:
             batch = config.method.batch_size

@@ -88,10 +88,14 @@ class Position:
 def protocol(config: RunConfig) -> str:
     """The evaluation protocol, written into every report: batch-wise prompt voting at test time
     lets a batch's majority pick the prompt, which acts as a task oracle (specs/peer-frameworks.md
-    §7.3), so such runs are labelled and never mistaken for class-incremental results."""
+    §7.3), so such runs are labelled and never mistaken for class-incremental results. A run that
+    reproduces a released code base's bug on purpose (``MethodConfig.released_bugs``) says so too."""
     if config.method.task_oracle:
-        return "task-oracle (batch-wise prompt voting at test time)"
-    return "class-incremental (no task identity at test time)"
+        label = "task-oracle (batch-wise prompt voting at test time)"
+    else:
+        label = "class-incremental (no task identity at test time)"
+    bugs = config.method.released_bugs
+    return label + "".join(f"; reproduces the released code's bug: {bug}" for bug in bugs)
 
 
 class Trainer:

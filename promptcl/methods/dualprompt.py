@@ -47,7 +47,11 @@ Departures from the official code:
   the JAX ``nn.initializers.uniform()`` draws U[0, 0.01): ``prompt_init: flax``.
 - Each sample gets its own E-prompt by indexing a pool whose first axis is the prompt id. The JAX
   code is correct here (its reshape only merges top_k and length); the PyTorch ports' reshape of
-  (layers, 2, B, ...) into (layers, B, 2, ...) mixes samples and keys with values (§7.3).
+  (layers, 2, B, ...) into (layers, B, 2, ...) mixes samples and keys with values (§7.3), and the
+  published numbers of the PyTorch code bases carry it. ``released_kv_mixing: true`` reproduces
+  it exactly (``prompts.prefix.released_reshape``; in training every sample of a batch has the
+  same E-prompt, so only keys and values mix); such runs are labelled in the console and in
+  ``metrics.json``'s protocol.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from promptcl.errors import ConfigError
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.prompt_base import PromptConfig, PromptMethod, check_layers
 from promptcl.prompts.pool import INIT_RANGES, PromptPool
-from promptcl.prompts.prefix import per_kv
+from promptcl.prompts.prefix import RELEASED_RESHAPE_BUG, per_kv, released_reshape
 from promptcl.registry import methods
 
 
@@ -90,10 +94,17 @@ class DualPromptConfig(PromptConfig):
     task_oracle_voting: bool = Field(
         False, description="batch-majority E-prompt at TEST time: a task oracle, off"
     )
+    released_kv_mixing: bool = Field(
+        False, description="the PyTorch ports' E-prompt reshape bug (mixes keys, values, samples)"
+    )
 
     @property
     def task_oracle(self) -> bool:
         return self.task_oracle_voting
+
+    @property
+    def released_bugs(self) -> list[str]:
+        return [RELEASED_RESHAPE_BUG] if self.released_kv_mixing else []
 
 
 @methods.register("dualprompt")
@@ -140,7 +151,8 @@ class DualPrompt(PromptMethod):
             prefix[layer] = per_kv(g.unsqueeze(0).expand(B, -1, -1, -1))  # 2 x (B, L_g, D)
         e = self.e_pool.gather(task_ids)  # (B, E, 2, L_e, D): sample b gets E-prompt task_ids[b]
         for j, layer in enumerate(self.config.e_layers):
-            key, value = per_kv(e[:, j])  # (B, L_e, D) each
+            mixed = released_reshape(e[:, j]) if self.config.released_kv_mixing else e[:, j]
+            key, value = per_kv(mixed)  # (B, L_e, D) each
             if layer in prefix:  # G then E, as the JAX Encoder concatenates them
                 key = torch.cat([prefix[layer][0], key], dim=1)
                 value = torch.cat([prefix[layer][1], value], dim=1)

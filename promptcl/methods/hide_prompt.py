@@ -63,6 +63,11 @@ Departures from the official code:
 4. k-means is a deterministic torch implementation (official: scikit-learn, unseeded).
 5. The alignment draws only the samples it trains on (same distribution as drawing all and
    taking a shuffled prefix, see ``prompts.gaussian.replay_batches``).
+6. The released ``peft/prompt`` E-prompt reshape mixes keys, values and samples (the
+   dualprompt-pytorch bug it inherits, specs/peer-frameworks.md §7.3); here each sample's own
+   keys and values are used. ``released_kv_mixing: true`` reproduces the bug exactly
+   (``prompts.prefix.released_reshape``) and labels the run, so a published number can be
+   split into what the method and what the bug give.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ from promptcl.config import Schedule
 from promptcl.methods.base import Batch, Task
 from promptcl.methods.prompt_base import check_layers
 from promptcl.methods.task_inference import TaskInferenceConfig, TaskInferenceMethod
-from promptcl.prompts.prefix import per_kv
+from promptcl.prompts.prefix import RELEASED_RESHAPE_BUG, per_kv, released_reshape
 from promptcl.registry import methods
 
 
@@ -96,6 +101,13 @@ class HiDePromptConfig(TaskInferenceConfig):
         [0, 1, 2, 3, 4], description="blocks with task prompts (e_prompt_layer_idx)"
     )
     prompt_momentum: float = Field(0.01, ge=0, le=1, description="m of the momentum prompt")
+    released_kv_mixing: bool = Field(
+        False, description="the released E-prompt reshape bug (mixes keys, values, samples)"
+    )
+
+    @property
+    def released_bugs(self) -> list[str]:
+        return [RELEASED_RESHAPE_BUG] if self.released_kv_mixing else []
 
 
 @methods.register("hide_prompt")
@@ -137,9 +149,11 @@ class HiDePrompt(TaskInferenceMethod):
 
     def layer_prompts(self, prompts: Tensor) -> LayerPrompts:
         """Per-sample prompts (B, layers, 2, L, D) -> prefix keys/values at ``prompt_layers``."""
+        mix = released_reshape if self.config.released_kv_mixing else lambda p: p
         return LayerPrompts(
             prefix={
-                layer: per_kv(prompts[:, j]) for j, layer in enumerate(self.config.prompt_layers)
+                layer: per_kv(mix(prompts[:, j]))
+                for j, layer in enumerate(self.config.prompt_layers)
             }
         )
 

@@ -34,8 +34,14 @@ Departures from the official code:
   ``task_oracle_voting: true`` restores it, and the run is then labelled "task-oracle".
 - Prompts and keys are initialised U(-1, 1) as in the PyTorch ports (JH-LEE-KR/l2p-pytorch);
   the JAX ``nn.initializers.uniform()`` draws U[0, 0.01): ``prompt_init: flax``.
-- Prompt tokens are inserted after the class token, the JAX code puts them before it. Neither
-  carries a position embedding and attention is permutation-equivariant, so this changes nothing.
+- Prompt tokens are inserted after the class token, the JAX code puts them before it. In both
+  they carry no position embedding (as in the paper), and attention is permutation-equivariant,
+  so the order changes nothing.
+- l2p-pytorch (JH-LEE-KR), on which mammoth and LAMDA-PILOT build, does give them one: its
+  ``resize_pos_embed`` widens the position embedding for the prompts by copying the class
+  token's row, so every prompt token gets the class token's position embedding.
+  ``prompt_pos_embed: cls`` reproduces it (the row is added to the prompts at block 0's input,
+  which equals adding it before ``norm_pre``, an identity in every ViT those ports load).
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ class L2PConfig(PromptConfig):
     task_oracle_voting: bool = Field(
         False, description="batch-majority prompt ids at TEST time: a task oracle, off"
     )
+    prompt_pos_embed: Literal["none", "cls"] = Field(
+        "none", description="prompt tokens' position embedding: none (paper, JAX) or cls (ports)"
+    )
 
     @property
     def task_oracle(self) -> bool:
@@ -100,6 +109,11 @@ class L2P(PromptMethod):
             (config.prompt_length, D),
             INIT_RANGES[config.prompt_init],
         )
+        if config.prompt_pos_embed == "cls" and not hasattr(backbone, "class_position"):
+            raise ConfigError(
+                "method.prompt_pos_embed=cls copies a timm ViT's class-token position embedding "
+                f"(l2p-pytorch); backbone {type(backbone).__name__} has none: set it to none"
+            )
         # The head reads prompt tokens, which have the token width D (not the pooled width F).
         self.head = nn.Linear(D, self.num_classes)
         nn.init.zeros_(self.head.weight)
@@ -108,6 +122,8 @@ class L2P(PromptMethod):
     def classify(self, x: Tensor, indices: Tensor) -> Tensor:
         """(B, ...) inputs and (B, N) prompt ids -> (B, C) logits."""
         prompts = self.pool.gather(indices).flatten(1, 2)  # (B, N, L_p, D) -> (B, N L_p, D)
+        if self.config.prompt_pos_embed == "cls":
+            prompts = prompts + self.backbone.class_position()  # (D,) broadcast, frozen
         tokens = self.backbone(x, LayerPrompts(tokens={0: prompts}))  # (B, 1 + N L_p + P, D)
         return self.head(tokens[:, 1 : 1 + prompts.shape[1]].mean(dim=1))  # (B, C)
 

@@ -22,3 +22,20 @@ def halves(prompt: Tensor) -> tuple[Tensor, Tensor]:
     if 2 * half != prompt.shape[1]:
         raise ValueError(f"a 'halves' prefix needs an even length, got {prompt.shape[1]}")
     return prompt[:, :half], prompt[:, half:]
+
+
+RELEASED_RESHAPE_BUG = (
+    "E-prompt keys, values and samples mixed by a reshape (JH-LEE-KR/dualprompt-pytorch#8)"
+)
+
+
+def released_reshape(prompts: Tensor) -> Tensor:
+    """Per-sample "per_kv" prompts (B, 2, L, D) -> the same shape as the PyTorch ports mix them.
+
+    dualprompt-pytorch (``prompt.py``, E-prompt prefix tuning) and HiDe-Prompt after it gather
+    the batch's prompts as (2, B, L, D) and ``reshape`` (instead of permute) them to (B, 2, L, D):
+    row b then holds flat rows 2b and 2b + 1 of the (2 B) keys-then-values, so keys are used as
+    values and samples get each other's prompts (specs/peer-frameworks.md §7.3). Reproduced
+    exactly for one top-1 prompt per sample, on the batch each process sees.
+    """
+    return prompts.transpose(0, 1).reshape(prompts.shape)
