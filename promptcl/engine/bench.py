@@ -57,7 +57,7 @@ from promptcl.engine import distributed
 from promptcl.engine.optim import build_optimizer
 from promptcl.engine.step import Stepper, autocast, compile_backbone
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Batch, Method, Optim, Task
+from promptcl.methods.base import Batch, Method, Optim, Task, trainable
 
 
 class Floor(Method):
@@ -196,6 +196,7 @@ def bench(
     memory = Memory(device)
     phase = method.phases(task)[0]
     groups = phase.param_groups() if phase.epochs > 0 else []
+    groups = trainable(groups, method.frozen_parameters())
     if groups and len(train[0].y) < config.method.batch_size:
         raise ConfigError(
             f"the first task has {len(train[0].y)} training samples, fewer than one batch of "

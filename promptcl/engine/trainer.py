@@ -54,7 +54,7 @@ from promptcl.engine.seeding import derive_seed
 from promptcl.engine.sharding import ShardedBatches, contiguous_shard, shuffled_order
 from promptcl.engine.step import Stepper, compile_backbone
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Batch, Phase, Task
+from promptcl.methods.base import Batch, Phase, Task, trainable
 
 __all__ = ["CHECKPOINT", "RunResult", "Trainer", "protocol"]
 
@@ -209,6 +209,7 @@ class Trainer:
     ) -> None:
         """Epochs ``first_epoch..`` of phase ``p``, then its finish; checkpoints after each."""
         groups = phase.param_groups() if phase.epochs > first_epoch else []
+        groups = trainable(groups, self.method.frozen_parameters())
         if groups:
             with self._clock("train"):
                 self._train_phase(task, p, phase, groups, first_epoch, saved)

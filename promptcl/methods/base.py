@@ -106,6 +106,16 @@ class Optim:
         return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
 
 
+def trainable(groups: list[dict[str, Any]], frozen: list[nn.Parameter]) -> list[dict[str, Any]]:
+    """A phase's parameter groups without the ``frozen`` parameters (which stop requiring
+    gradients, so no backward pass is spent on them); groups left empty are dropped."""
+    for p in frozen:
+        p.requires_grad_(False)
+    ids = {id(p) for p in frozen}
+    kept = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+    return [g for g in kept if g["params"]]
+
+
 @dataclass(frozen=True)
 class Phase:
     """One training stage of a task (see the module docstring).
@@ -194,6 +204,19 @@ class Method(nn.Module, ABC):
     def param_groups(self) -> list[dict[str, Any]]:
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params}] if params else []
+
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        """The method's prompts and what picks or makes them (keys, components, routers,
+        generators): what ``method.freeze_prompts`` keeps at its initialisation. Default: none."""
+        return []
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """Parameters every phase leaves as they are (the "prompts frozen" ablation, when the
+        config has ``freeze_prompts: true``); the engine drops them from the optimiser."""
+        if not getattr(self.config, "freeze_prompts", False):
+            return []
+        state = self.prompt_state()
+        return [p for m in state for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
 
     def end_epoch(self, phase: Phase) -> None:
         """After every epoch of ``phase``, before its checkpoint: combine what the steps of this

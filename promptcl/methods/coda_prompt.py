@@ -57,7 +57,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from promptcl.backbones.base import Backbone, LayerPrompts
@@ -122,6 +122,9 @@ class CodaPrompt(PromptMethod):
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
         self.prompt.begin_task(task.index, task.num_tasks)
+
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.prompt]  # components, keys and attention vectors
 
     def features(self, x: Tensor, index: Tensor | None = None) -> Tensor:
         """(B, C, H, W) -> (B, F): the class token of the prompted forward."""

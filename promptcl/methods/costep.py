@@ -127,9 +127,6 @@ class CoSTEPConfig(PromptConfig):
     replay_samples: int = Field(32, ge=1, description="embeddings drawn per class per epoch")
     replay_batch: int = Field(64, ge=1, description="batch size of the generator phase")
     replay_lr: float = Field(1e-3, ge=0, description="Adam lr of the generator phase [inferred]")
-    freeze_prompts: bool = Field(
-        False, description="ablation: targets and generator stay at their initialisation"
-    )
 
 
 @methods.register("costep")
@@ -171,9 +168,9 @@ class CoSTEP(PromptMethod):
             self.targets = nn.Parameter(torch.empty(shape, device=self.head.weight.device))
             nn.init.uniform_(self.targets, -1, 1)  # as L2P / DualPrompt's prompts
         self.class_task[task.start : task.end] = task.index
-        if self.config.freeze_prompts:
-            self.targets.requires_grad_(False)
-            self.generator.requires_grad_(False)
+
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.targets, self.generator]
 
     @torch.no_grad()
     def condition(self, x: Tensor, index: Tensor | None = None) -> Tensor:

@@ -142,6 +142,9 @@ class DualPrompt(PromptMethod):
             with torch.no_grad():
                 self.e_pool.prompts[task.index] = self.e_pool.prompts[task.index - 1]
 
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.g_prompt, *([self.e_pool] if self.e_pool is not None else [])]
+
     def prompts(self, task_ids: Tensor) -> LayerPrompts:
         """(B,) E-prompt ids -> the G- and E-prefixes of every prompted block, per sample."""
         assert self.e_pool is not None, "begin_task was not called"

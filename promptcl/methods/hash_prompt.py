@@ -171,6 +171,9 @@ class Hash(TaskInferenceMethod):
         self.register_buffer("epoch_counts", torch.zeros(E, dtype=torch.long), persistent=False)
         self.register_buffer("history", torch.zeros(0, E, dtype=torch.long))  # row t: H^t
 
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.experts, self.routers]
+
     @property
     def hot_size(self) -> int:
         return self.config.hot_experts or self.config.top_k

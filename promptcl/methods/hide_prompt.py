@@ -138,6 +138,9 @@ class HiDePrompt(TaskInferenceMethod):
         for i, prompt in enumerate(self.prompts):
             prompt.requires_grad_(i == t)
 
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.prompts]
+
     def task_prompt(self, t: int, momentum: bool) -> Tensor:
         """P_t, or with ``momentum`` (t > 0) (1 - m) P_t + m mean(P_<t) detached: (layers, 2, L, D)."""
         prompt = self.prompts[t]

@@ -119,6 +119,9 @@ class L2P(PromptMethod):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.pool]  # prompts and keys
+
     def classify(self, x: Tensor, indices: Tensor) -> Tensor:
         """(B, ...) inputs and (B, N) prompt ids -> (B, C) logits."""
         prompts = self.pool.gather(indices).flatten(1, 2)  # (B, N, L_p, D) -> (B, N L_p, D)

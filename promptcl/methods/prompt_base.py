@@ -1,7 +1,9 @@
 """What the key-query prompt methods share: the frozen query, a linear head, two learning rates.
 
-L2P, DualPrompt, CODA-Prompt and HiDe-Prompt (and later Hash) subclass ``PromptMethod``. The
-backbone stays frozen; only prompts, keys and the head are trained.
+L2P, DualPrompt, CODA-Prompt, HiDe-Prompt, Hash, STAR-Prompt and CoSTEP subclass
+``PromptMethod``. The backbone stays frozen; only prompts, keys and the head are trained.
+``freeze_prompts: true`` keeps what each method's ``prompt_state`` names at its initialisation
+while everything else trains as usual: the ablation that tells what the prompts earn.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class PromptConfig(MethodConfig):
     head_lr: float | None = Field(None, description="lr of the head; None = the method's lr")
     query_cache: bool = Field(
         False, description="cache the frozen query per training sample (exact without augmentation)"
+    )
+    freeze_prompts: bool = Field(
+        False, description="ablation: prompts (keys, routers, generators) stay at initialisation"
     )
 
 

@@ -76,7 +76,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -116,7 +116,6 @@ class StarPromptConfig(PromptConfig):
     prefix_length: int = Field(5, ge=1, description="prefix mode: key (and value) tokens")
     confidence_modulation: bool = Field(True, description="scale r by the similarity (Eq. 5)")
     layers: list[int] | None = Field(None, description="prompted ViT blocks; None = all")
-    freeze_prompts: bool = Field(False, description="ablation: p and a stay at initialisation")
     # first stage
     first_stage_epochs: int | None = Field(None, ge=0, description="None = epochs")
     first_stage_optimizer: Literal["sgd", "adam"] = Field("sgd", description="first-stage optim")
@@ -180,8 +179,6 @@ class StarPrompt(PromptMethod):
         self.prompts = SemanticResidualPrompts(
             layers, C, backbone.embed_dim, clip.feature_dim, kind, config.prefix_length
         )
-        if config.freeze_prompts:
-            self.prompts.requires_grad_(False)
         stats = dict(mode="mixture", n_centroids=config.mixture_components)
         if config.replay_model == "gaussian":
             stats = dict(mode="variance")
@@ -322,6 +319,9 @@ class StarPrompt(PromptMethod):
         assert self.task is not None, "begin_task was not called"
         start, end = self.task.start, self.task.end
         self.prompts.set_keys(start, self.context.keys(self.clip, start, end))
+
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.prompts]  # the second level's p and a; the first level's context trains
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Second stage: the residual prompts, the modulation vectors and the head."""

@@ -89,6 +89,9 @@ class TpptConfig(MethodConfig):
     )
     lambda_rdr: float = Field(1.0, ge=0, description="VT: weight of the regulariser")
     rdr_margin: float = Field(0.0, description="VT, diversity reading: allowed cosine")
+    freeze_prompts: bool = Field(
+        False, description="ablation: visual and text prompts stay at initialisation"
+    )
 
 
 def contrastive_text_to_image(anchors: Tensor, images: Tensor, scale: Tensor | float) -> Tensor:
@@ -193,6 +196,9 @@ class Tppt(Method):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.image_embedding(x) @ self.anchors.T  # (B, C) cosines, as zero-shot CLIP
+
+    def prompt_state(self) -> list[nn.Module | nn.Parameter]:
+        return [self.pool, *([self.text_prompts] if self.text_prompts is not None else [])]
 
     def param_groups(self) -> list[dict[str, Any]]:
         params = [p for p in self.pool.parameters()]

@@ -1,0 +1,72 @@
+"""``method.freeze_prompts``: every prompt method's prompts, keys, components, routers and
+generators stay at their initialisation while the rest trains, the ablation that tells what the
+prompts earn (the end-to-end comparisons are in each method's tests)."""
+
+import pytest
+import torch
+from synth_stream import synth_run
+
+from promptcl.build import build_run
+from promptcl.config import build_config
+from promptcl.engine.progress import Console
+from promptcl.engine.trainer import Trainer
+from promptcl.methods.base import Task, trainable
+
+# method config, backbone, and the top-level modules that still train with frozen prompts
+CASES = {
+    "l2p": ({"name": "l2p"}, "tiny-synth-vit", {"head"}),
+    "dualprompt": ({"name": "dualprompt"}, "tiny-synth-vit", {"head"}),
+    "coda_prompt": ({"name": "coda_prompt", "num_components": 30}, "tiny-synth-vit", {"head"}),
+    "hide_prompt": ({"name": "hide_prompt"}, "tiny-synth-vit", {"head", "tii"}),
+    "hash": ({"name": "hash"}, "tiny-synth-vit", {"head", "tii"}),
+    "star_prompt": (
+        {"name": "star_prompt", "clip_backbone": "tiny-synth-clip"},
+        "tiny-synth-vit",
+        {"head", "context"},  # the first level's class context is not a prompt of the ViT
+    ),
+    "tppt": ({"name": "tppt", "variant": "VT", "num_components": 30}, "tiny-synth-clip", set()),
+    "costep": ({"name": "costep"}, "tiny-synth-vit", {"head"}),
+}
+
+
+def trained_by_phases(name: str, freeze: bool) -> tuple[set[str], set[int], set[int]]:
+    """Over tasks 0 and 1: the top-level modules of what the phases' optimisers train, the ids of
+    the trained parameters, and the ids of the parameters ``prompt_state`` names."""
+    method, backbone, _ = CASES[name]
+    config = synth_run({**method, "freeze_prompts": freeze}, "unused")
+    config["backbone"] = {"name": backbone}
+    m = build_run(build_config(config)).method
+    modules, trained, prompts = set(), set(), set()
+    for t in range(2):
+        task = Task(t, 10 * t, 10 * t + 10, 3)
+        m.begin_task(task)
+        names = {id(p): n for n, p in m.named_parameters()}
+        for phase in m.phases(task):
+            for group in trainable(phase.param_groups(), m.frozen_parameters()):
+                trained |= {id(p) for p in group["params"]}
+                modules |= {names[id(p)].split(".")[0] for p in group["params"]}
+        for part in m.prompt_state():
+            prompts |= {
+                id(p) for p in (part.parameters() if hasattr(part, "parameters") else [part])
+            }
+    return modules, trained, prompts
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_freeze_prompts_trains_everything_but_the_prompt_state(name):
+    modules, trained, prompts = trained_by_phases(name, freeze=True)
+    assert prompts and not trained & prompts
+    assert modules == CASES[name][2]
+    _, trained, prompts = trained_by_phases(name, freeze=False)
+    assert trained & prompts  # what prompt_state names is what would otherwise train
+
+
+def test_frozen_prompts_end_the_run_as_they_began(tmp_path):
+    method = {"name": "l2p", "epochs": 1, "batch_size": 32, "freeze_prompts": True}
+    trainer = Trainer(build_config(synth_run(method, tmp_path / "run")), Console(quiet=True))
+    pool = trainer.method.pool
+    initial = {k: v.clone() for k, v in pool.state_dict().items()}
+    result = trainer.run()
+    assert all(torch.equal(pool.state_dict()[k], v) for k, v in initial.items())
+    assert trainer.method.head.weight.abs().sum() > 0  # the zero-initialised head did train
+    assert result.metrics["faa"] > 100 / 30 * 3
