@@ -116,42 +116,50 @@ def test_hgm_lr_mode_gives_the_most_activated_experts_beta_times_the_lr():
         torch.testing.assert_close(moves[0][e], factor * moves[1][e], rtol=1e-4, atol=1e-9)
 
 
-def test_under_adam_a_constant_gradient_scale_leaves_the_updates_unchanged():
-    """Why ``hgm_mode: lr`` is the default: Adam divides each gradient by its own running scale,
-    so HGM in grad mode moves the experts as if there were no HGM. Only Adam's epsilon (1e-8 by
-    default, comparable to some of this tiny model's gradients) and global-norm clipping let the
-    scale through; with a negligible epsilon the steps are equal."""
-    counts = [5, 0, 9, 1]
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_hgm_grad_mode_scales_sgd_steps_by_beta_and_adam_undoes_it(optimizer):
+    """With SGD, grad-mode HGM makes the hot experts' step exactly beta times the plain one. Why
+    ``hgm_mode: lr`` is the default: Adam divides each gradient by its own running scale, so the
+    same modulation moves the experts as if there were no HGM (only Adam's epsilon, here made
+    negligible, and global-norm clipping let the scale through)."""
+    counts = [5, 0, 9, 1]  # A_t = {2, 0}
     base = dict(pool_size=4, top_k=2, hdr="none", hgm_mode="grad", hgm_beta=0.25, lr=0.01)
     moved = []
     for hgm in ("top-k", "none"):
         method = at_task_one(tiny_method(**base, hgm=hgm), counts)
-        opt = torch.optim.Adam(method.param_groups(), lr=0.01, eps=1e-30)
-        for _ in range(3):
+        before = torch.stack(list(method.experts)).detach().clone()
+        if optimizer == "sgd":
+            opt, steps = torch.optim.SGD(method.param_groups(), lr=0.01), 1
+        else:
+            opt, steps = torch.optim.Adam(method.param_groups(), lr=0.01, eps=1e-30), 3
+        for _ in range(steps):
             opt.zero_grad()
             method.training_step(task_batch(TASKS[1], n=24))["loss"].backward()
             opt.step()
-        moved.append(torch.stack(list(method.experts)).detach())
-    torch.testing.assert_close(moved[0], moved[1], rtol=1e-4, atol=1e-6)
+        moved.append(torch.stack(list(method.experts)).detach() - before)
+    assert all(moved[1][e].abs().sum() > 0 for e in range(4))  # every expert was selected
+    for e in range(4):
+        factor = 0.25 if optimizer == "sgd" and e in (0, 2) else 1.0
+        torch.testing.assert_close(moved[0][e], factor * moved[1][e], rtol=1e-4, atol=1e-7)
 
 
-def test_hdr_moves_routing_away_from_a_dominant_expert():
-    def routed(hdr: str) -> torch.Tensor:
-        method = at_task_one(
-            tiny_method(pool_size=4, top_k=2, hdr=hdr, hdr_delta=1e3), [50, 0, 0, 40]
-        )
-        with torch.no_grad():  # router 1 prefers expert 0, then 3, for every input
-            method.routers[1].zero_()
-            method.routers[1][:, 0] = 1.0
-            method.routers[1][:, 3] = 0.5
-        batch = task_batch(TASKS[1])
-        u = method.router_input(batch.x)
-        u = u.abs()  # positive inputs, so the preference holds sample by sample
-        tasks = torch.ones(len(u), dtype=torch.long)
-        return method.select(method.scores(u, tasks))[0]
-
-    assert (routed("none").sort(1).values == torch.tensor([0, 3])).all()
-    assert (routed("top-k").sort(1).values == torch.tensor([1, 2])).all()
+@pytest.mark.parametrize("delta", [0.0, 0.1, 0.25, 1e3])
+def test_hdr_subtracts_delta_from_the_most_activated_experts_scores(delta):
+    """Router 1 scores (1.0, 0.8, 0.5, 1.1) for every input; A_1 = {0, 3} (counts 50, 0, 0, 40).
+    Penalised by delta, the Top-2 is {3, 0} below delta = 0.2, {3, 1} between 0.2 and 0.3 (the
+    default 0.25: a hot expert that fits much better still wins), and {1, 2} far above."""
+    method = at_task_one(tiny_method(pool_size=4, top_k=2, hdr_delta=delta), [50, 0, 0, 40])
+    D = method.routers[1].shape[0]
+    with torch.no_grad():
+        method.routers[1].zero_()
+        method.routers[1][0] = torch.tensor([1.0, 0.8, 0.5, 1.1])
+    u = torch.zeros(3, D)
+    u[:, 0] = D**0.5  # scores = u W / sqrt(D) = row 0 of W
+    tasks = torch.ones(3, dtype=torch.long)
+    plain, penalised = method.scores(u, tasks, penalised=False), method.scores(u, tasks)
+    torch.testing.assert_close(penalised, plain - delta * torch.tensor([1.0, 0, 0, 1.0]))
+    chosen = set(method.select(penalised)[0][0].tolist())
+    assert chosen == ({3, 0} if delta < 0.2 else {3, 1} if delta < 0.3 else {1, 2})
 
 
 def test_without_task_inference_the_routers_scores_are_averaged():
@@ -167,12 +175,23 @@ def test_counts_record_every_top_k_choice_and_join_the_history_at_the_end_of_the
     method = tiny_method(pool_size=4, top_k=2)
     method.begin_task(TASKS[0])
     method.train()
+    batch = task_batch(TASKS[0])
+    u = method.router_input(batch.x)  # (12, D)
+    w = u[0] - u.mean(0)
+    with (
+        torch.no_grad()
+    ):  # scores (a, -a, a / 2, 0) with a = u.w: Top-2 {0, 2} if a > 0, else {1, 3}
+        method.routers[0].zero_()
+        method.routers[0][:, 0], method.routers[0][:, 1], method.routers[0][:, 2] = w, -w, w / 2
+    positive = int((u @ w > 0).sum())
+    assert 0 < positive < 12  # the batch routes both ways
     for _ in range(3):
-        method.training_step(task_batch(TASKS[0]))
+        method.training_step(batch)
     assert int(method.task_counts.sum()) == 0  # summed when the epoch ends
     method.end_epoch(method.phases(TASKS[0])[0])
-    assert int(method.epoch_counts.sum()) == 0
-    assert int(method.task_counts.sum()) == 3 * 12 * 2 and int(method.counts.sum()) == 0
+    assert int(method.epoch_counts.sum()) == 0 and int(method.counts.sum()) == 0
+    negative = 12 - positive
+    assert method.task_counts.tolist() == [3 * positive, 3 * negative, 3 * positive, 3 * negative]
     seen = method.task_counts.clone()
     method.eval()
     finish_task(method, TASKS[0], loader(TASKS[0]))
@@ -249,14 +268,16 @@ def test_activation_counts_survive_a_mid_task_checkpoint_and_resume(hash_run, tm
 
 
 @pytest.mark.parametrize("dataset", ["cifar100", "imagenet-r", "synth-shapes-10"])
-@pytest.mark.parametrize("row", ["", "_pool-only", "_hdr", "_hgm"])
-def test_shipped_ablation_configs_load(dataset, row):
+@pytest.mark.parametrize("row", ["_pool-only", "_hdr", "_hgm"])
+def test_shipped_ablation_rows_differ_from_the_full_method_only_in_hdr_and_hgm(dataset, row):
     configs = Path(__file__).resolve().parent.parent / "configs"
-    method = load_config(configs / f"hash_{dataset}{row}.yaml").method
+    full = load_config(configs / f"hash_{dataset}.yaml")
+    assert (full.method.name, full.method.hdr, full.method.hgm) == ("hash", "top-k", "top-k")
     hdr, hgm = {
-        "": ("top-k", "top-k"),
         "_pool-only": ("none", "none"),
         "_hdr": ("top-k", "none"),
         "_hgm": ("none", "top-k"),
     }[row]
-    assert (method.name, method.hdr, method.hgm) == ("hash", hdr, hgm)
+    ablation = load_config(configs / f"hash_{dataset}{row}.yaml")
+    method = full.method.model_copy(update={"hdr": hdr, "hgm": hgm})
+    assert ablation.model_dump() == full.model_copy(update={"method": method}).model_dump()

@@ -1,0 +1,83 @@
+"""What the prompts earn: every prompt method's shipped offline config, trained and with
+``method.freeze_prompts=true`` (prompts, keys, components, routers and generators left at their
+initialisation; heads, task inference and alignment trained as usual).
+
+Prints a Markdown table, mean over seeds: FAA and FM with the prompts trained and frozen, and
+trained minus frozen FAA. A prompt method whose difference is not clearly positive is not done
+until we know why (issue "Fidelity").
+
+    python benchmarks/frozen_prompts.py [--methods l2p hash ...] [--seeds 0 1 2] [--jobs 2]
+                                        [--set method.epochs=1 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+import promptcl
+from promptcl.config import load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+METHODS = {  # name -> shipped config of the offline world
+    "l2p": "l2p_synth-shapes-10",
+    "dualprompt": "dualprompt_synth-shapes-10",
+    "coda_prompt": "coda_prompt_synth-shapes-10",
+    "hide_prompt": "hide_prompt_synth-shapes-10",
+    "hash": "hash_synth-shapes-10",
+    "star_prompt": "star_prompt_synth-shapes-10",
+    "tppt-v": "tppt-v_synth-shapes-10",
+    "tppt-vt": "tppt-vt_synth-shapes-10",
+    "costep": "costep_synth-motion-5",
+}
+
+
+def run(name: str, frozen: bool, seed: int, overrides: list[str], out: str) -> dict[str, float]:
+    torch.set_num_threads(1)  # one thread per process: --jobs processes share the cores
+    sets = [*overrides, f"seed={seed}", f"output.dir={out}", "output.overwrite=true"]
+    sets += ["method.freeze_prompts=true"] if frozen else []
+    began = time.perf_counter()
+    result = promptcl.run(load_config(CONFIGS / f"{METHODS[name]}.yaml", sets), quiet=True)
+    return {**result.metrics, "seconds": time.perf_counter() - began}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one thread each)")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for every run")
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp()
+    cells = [(m, f, s) for m in args.methods for f in (False, True) for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = {
+            cell: pool.submit(run, *cell, args.set, f"{tmp}/{cell[0]}_{cell[1]}_{cell[2]}")
+            for cell in cells
+        }
+        results = {cell: future.result() for cell, future in futures.items()}
+
+    def mean(method: str, frozen: bool, key: str) -> float:
+        values = [results[(method, frozen, s)][key] for s in args.seeds]
+        return sum(values) / len(values)
+
+    print(f"seeds {args.seeds}; overrides {args.set or 'none'}\n")
+    print("| method | trained FAA / FM | frozen FAA / FM | trained − frozen FAA | minutes |")
+    print("|---|---|---|---|---|")
+    for m in args.methods:
+        faa, fm = mean(m, False, "faa"), mean(m, False, "fm")
+        faa0, fm0 = mean(m, True, "faa"), mean(m, True, "fm")
+        minutes = sum(results[(m, f, s)]["seconds"] for f in (0, 1) for s in args.seeds) / 60
+        print(
+            f"| {m} | {faa:.2f} / {fm:.2f} | {faa0:.2f} / {fm0:.2f} | {faa - faa0:+.2f} | "
+            f"{minutes:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
