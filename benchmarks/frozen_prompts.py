@@ -4,7 +4,9 @@ initialisation; heads, task inference and alignment trained as usual).
 
 Prints a Markdown table, mean over seeds: FAA and FM with the prompts trained and frozen, and
 trained minus frozen FAA. A prompt method whose difference is not clearly positive is not done
-until we know why (issue "Fidelity").
+until we know why (issue "Fidelity"). For the methods that infer a task and then prompt with it
+(HiDe-Prompt, Hash) a second table splits the final accuracy: how often task inference is right,
+and the accuracy over all classes when each test image gets its true task's prompt instead.
 
     python benchmarks/frozen_prompts.py [--methods l2p hash ...] [--seeds 0 1 2] [--jobs 2]
                                         [--set method.epochs=1 ...]
@@ -19,9 +21,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
-import promptcl
 from promptcl.config import load_config
+from promptcl.engine.progress import Console
+from promptcl.engine.trainer import Trainer
+from promptcl.methods.task_inference import TaskInferenceMethod
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 METHODS = {  # name -> shipped config of the offline world
@@ -42,8 +47,33 @@ def run(name: str, frozen: bool, seed: int, overrides: list[str], out: str) -> d
     sets = [*overrides, f"seed={seed}", f"output.dir={out}", "output.overwrite=true"]
     sets += ["method.freeze_prompts=true"] if frozen else []
     began = time.perf_counter()
-    result = promptcl.run(load_config(CONFIGS / f"{METHODS[name]}.yaml", sets), quiet=True)
-    return {**result.metrics, "seconds": time.perf_counter() - began}
+    trainer = Trainer(load_config(CONFIGS / f"{METHODS[name]}.yaml", sets), Console(quiet=True))
+    result = trainer.run()
+    seconds = time.perf_counter() - began
+    if isinstance(trainer.method, TaskInferenceMethod):
+        return {**result.metrics, **task_split(trainer), "seconds": seconds}
+    return {**result.metrics, "seconds": seconds}
+
+
+@torch.no_grad()
+def task_split(trainer: Trainer) -> dict[str, float]:
+    """After the last task, over every test image: task inference accuracy, and the accuracy
+    over all classes with the inferred task's prompt (the run's) and with the true task's."""
+    method, scenario = trainer.method.eval(), trainer.scenario
+    right = inferred = oracle = total = 0
+    for t in range(scenario.num_tasks):
+        for x, y, *_ in DataLoader(scenario.test_view(t), batch_size=256):
+            tasks = method.infer_tasks(x)
+            right += int((tasks == t).sum())
+            inferred += int((method.head(method.task_features(x, tasks)).argmax(1) == y).sum())
+            true = torch.full_like(tasks, t)
+            oracle += int((method.head(method.task_features(x, true)).argmax(1) == y).sum())
+            total += len(y)
+    return {
+        "tii": 100.0 * right / total,
+        "inferred": 100.0 * inferred / total,
+        "oracle": 100.0 * oracle / total,
+    }
 
 
 def main() -> None:
@@ -77,6 +107,19 @@ def main() -> None:
             f"| {m} | {faa:.2f} / {fm:.2f} | {faa0:.2f} / {fm0:.2f} | {faa - faa0:+.2f} | "
             f"{minutes:.1f} |"
         )
+    split = [m for m in args.methods if "tii" in results[(m, False, args.seeds[0])]]
+    if split:
+        print(
+            "\n| method | prompts | task inference right | accuracy (inferred task) | "
+            "accuracy (true task's prompt) |"
+        )
+        print("|---|---|---|---|---|")
+        for m in split:
+            for frozen in (False, True):
+                cells = " | ".join(
+                    f"{mean(m, frozen, k):.2f}" for k in ("tii", "inferred", "oracle")
+                )
+                print(f"| {m} | {'frozen' if frozen else 'trained'} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,13 @@ class DataConfig(Strict):
     subsample: int | None = Field(
         None, ge=1, description="keep at most this many train samples per class"
     )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="hold out this share of each class's training samples as a validation set, "
+        "evaluated like the test set and reported beside it (tune on it, not on the test set)",
+    )
     verify: Literal["quick", "full", "off"] = Field(
         "quick",
         description="check image and video files before training: quick opens headers, full decodes",

@@ -83,3 +83,26 @@ def test_subsample_caps_samples_per_class():
     s = Scenario.from_config(pair(per_class=5), DataConfig(num_tasks=2, subsample=2), seed=0)
     assert len(s.train_view(0)) == 5 * 2
     assert len(s.test_view(0)) == 5  # test sets are never subsampled
+
+
+def test_val_fraction_holds_out_a_seeded_share_of_each_class_from_training():
+    data = pair(per_class=10)
+    s = Scenario.from_config(data, DataConfig(num_tasks=2, val_fraction=0.2), seed=3)
+    everything = Scenario.from_config(data, DataConfig(num_tasks=2), seed=3)
+    for t in range(2):
+        train, val = s.train_view(t), s.val_view(t)
+        assert not set(train.indices) & set(val.indices)
+        assert sorted(train.indices + val.indices) == everything.train_view(t).indices
+        assert sorted(s.train_eval_view(t).indices) == sorted(train.indices)
+        assert all(val.targets.count(c) == 2 for c in set(train.targets))  # 0.2 x 10 per class
+        assert len(everything.val_view(t)) == 0
+    again = Scenario.from_config(data, DataConfig(num_tasks=2, val_fraction=0.2), seed=3)
+    other = Scenario.from_config(data, DataConfig(num_tasks=2, val_fraction=0.2), seed=4)
+    assert again.val_view(0).indices == s.val_view(0).indices
+    assert other.val_view(0).indices != s.val_view(0).indices
+    assert len(s.test_seen(1, "val")) == 2 * 10  # validation samples of both tasks' classes
+
+
+def test_val_fraction_keeps_one_sample_of_each_side():
+    s = Scenario.from_config(pair(per_class=3), DataConfig(num_tasks=1, val_fraction=0.01), 0)
+    assert len(s.val_view(0)) == 10 and len(s.train_view(0)) == 20

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from interrupt import StopAt
 
 import promptcl
 from promptcl import metrics
+from promptcl.config import build_config
+from promptcl.engine.progress import Console
+from promptcl.engine.trainer import Trainer
 from promptcl.errors import ConfigError
 
 
@@ -127,3 +131,23 @@ def test_every_task_logs_where_its_time_went(tiny_run, capsys):
         epochs = [e["seconds"] for e in records if e.get("epoch") is not None and e["task"] == r["task"]]  # fmt: skip
         assert len(epochs) == 2 and sum(epochs) <= spent["train"] + 1e-3
     assert "time: " in capsys.readouterr().err
+
+
+def test_validation_is_evaluated_like_the_test_set_reported_beside_it_and_resumed(
+    tiny_run, tmp_path
+):
+    method = {"name": "finetune", "epochs": 2, "batch_size": 8, "lr": 1e-3}
+    cfg = tiny_run(method, data={"val_fraction": 0.25}, output={"dir": str(tmp_path / "ref")})
+    reference = promptcl.run(cfg, quiet=True)
+    saved = json.loads((reference.run_dir / "metrics.json").read_text())
+    assert saved["validation"]["faa"] == pytest.approx(reference.validation["faa"])
+    assert reference.validation["faa"] != reference.metrics["faa"]  # 24 vs 80 samples per task
+    matrix = np.genfromtxt(reference.run_dir / "val_accuracy_matrix.csv", delimiter=",")[1:, 1:]
+    assert np.nanmean(matrix[:, -1]) == pytest.approx(reference.validation["faa"], abs=1e-3)
+    assert 100 / 12 * 2 < reference.validation["faa"] <= 100  # it learned: above twice chance
+    stopped = tiny_run(method, data={"val_fraction": 0.25}, output={"dir": str(tmp_path / "cut")})
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(build_config(stopped), StopAt(2, "train", 1)).run()
+    resumed = Trainer(build_config(stopped), Console(quiet=True)).run(resume=True)
+    assert resumed.validation == reference.validation
+    np.testing.assert_array_equal(resumed.accuracy, reference.accuracy)

@@ -15,13 +15,17 @@ file's tasks and order; anything else is a ConfigError that says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from promptcl.config import DataConfig
 from promptcl.data.base import DatasetPair, LabelledDataset
 from promptcl.errors import ConfigError
+
+Part = Literal["all", "train", "val"]  # a class's training samples: all, less or only held-out
 
 
 def resolve_task_sizes(cfg: DataConfig, num_classes: int, default_tasks: int) -> list[int]:
@@ -125,6 +129,11 @@ class Scenario:
     ``class_order[j]`` is the original label of new label j; ``task_sizes[t]`` the classes of task t.
     ``train_eval`` is the training set seen through test-time transforms (for end-of-task
     statistics such as class prototypes), or None to reuse ``data.train``.
+
+    ``val_fraction`` of each class's training samples (after ``subsample``; at least one when
+    the fraction is positive and the class has two) are held out as its validation samples,
+    picked by ``val_seed``: the training views leave them out and ``val_view`` reads them
+    through the test-time transforms.
     """
 
     data: DatasetPair
@@ -132,6 +141,8 @@ class Scenario:
     task_sizes: list[int]
     train_eval: LabelledDataset | None = None
     subsample: int | None = None
+    val_fraction: float = 0.0
+    val_seed: int = 0
 
     @classmethod
     def from_config(
@@ -141,16 +152,17 @@ class Scenario:
         seed: int,
         train_eval: LabelledDataset | None = None,
     ) -> Scenario:
+        held_out = {"val_fraction": cfg.val_fraction, "val_seed": seed}
         if data.task_sizes is not None:
             sizes, order = resolve_fixed_tasks(cfg, data)
-            return cls(data, order, sizes, train_eval, cfg.subsample)
+            return cls(data, order, sizes, train_eval, cfg.subsample, **held_out)
         sizes = resolve_task_sizes(cfg, data.num_classes, data.default_tasks)
         order = resolve_class_order(cfg, data.num_classes, seed)
         if len(order) < sum(sizes):
             raise ConfigError(
                 f"data.class_order lists {len(order)} classes, the tasks need {sum(sizes)}"
             )
-        return cls(data, order[: sum(sizes)], sizes, train_eval, cfg.subsample)
+        return cls(data, order[: sum(sizes)], sizes, train_eval, cfg.subsample, **held_out)
 
     @property
     def num_tasks(self) -> int:
@@ -169,30 +181,53 @@ class Scenario:
         """Names in the new label order."""
         return [self.data.class_names[c] for c in self.class_order]
 
-    def _view(self, source: LabelledDataset, tasks: range, limit: int | None) -> RemappedSubset:
+    def _view(
+        self, source: LabelledDataset, tasks: range, limit: int | None, part: Part = "all"
+    ) -> RemappedSubset:
         label_map = {orig: new for new, orig in enumerate(self.class_order)}
         wanted = {self.class_order[j] for t in tasks for j in range(*self.class_range(t))}
-        taken: dict[int, int] = {}
-        indices = []
+        by_class: dict[int, list[int]] = {}
         for i, y in enumerate(source.targets):
-            if y in wanted and (limit is None or taken.get(y, 0) < limit):
-                taken[y] = taken.get(y, 0) + 1
-                indices.append(i)
+            if y in wanted and (limit is None or len(by_class.get(y, [])) < limit):
+                by_class.setdefault(y, []).append(i)
+        if part != "all":
+            held = {i for y, members in by_class.items() for i in self._held_out(y, members)}
+            by_class = {
+                y: [i for i in members if (i in held) == (part == "val")]
+                for y, members in by_class.items()
+            }
+        indices = sorted(i for members in by_class.values() for i in members)
         return RemappedSubset(source, indices, label_map)
+
+    def _held_out(self, label: int, members: list[int]) -> list[int]:
+        """The validation samples among one class's training samples (original label)."""
+        count = round(self.val_fraction * len(members))
+        if self.val_fraction > 0 and len(members) > 1:
+            count = min(max(count, 1), len(members) - 1)
+        if count == 0:
+            return []
+        generator = torch.Generator().manual_seed(self.val_seed * 1_000_003 + label)
+        return [members[k] for k in torch.randperm(len(members), generator=generator)[:count]]
 
     def train_view(self, task: int, cumulative: bool = False) -> RemappedSubset:
         """Training data of a task (or of tasks 0..task when ``cumulative``, for joint training)."""
-        return self._view(
-            self.data.train, range(0 if cumulative else task, task + 1), self.subsample
-        )
+        tasks = range(0 if cumulative else task, task + 1)
+        return self._view(self.data.train, tasks, self.subsample, "train")
 
     def train_eval_view(self, task: int) -> RemappedSubset:
         """The same samples as ``train_view(task)``, through test-time transforms."""
-        return self._view(self.train_eval or self.data.train, range(task, task + 1), self.subsample)
+        source = self.train_eval or self.data.train
+        return self._view(source, range(task, task + 1), self.subsample, "train")
+
+    def val_view(self, task: int) -> RemappedSubset:
+        """A task's held-out validation samples (``val_fraction``), through test-time transforms."""
+        source = self.train_eval or self.data.train
+        return self._view(source, range(task, task + 1), self.subsample, "val")
 
     def test_view(self, task: int) -> RemappedSubset:
         return self._view(self.data.test, range(task, task + 1), None)
 
-    def test_seen(self, task: int) -> ConcatDataset:
-        """Test data of every task seen after ``task``, in task order (shuffle when loading)."""
-        return ConcatDataset([self.test_view(i) for i in range(task + 1)])
+    def test_seen(self, task: int, split: Literal["test", "val"] = "test") -> ConcatDataset:
+        """Test (or validation) data of every task seen after ``task``, in task order."""
+        view = self.val_view if split == "val" else self.test_view
+        return ConcatDataset([view(i) for i in range(task + 1)])

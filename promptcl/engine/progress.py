@@ -92,7 +92,13 @@ class Console:
         )
         self.rich.print(f"time: {total:.1f} s = {parts}")
 
-    def task_summary(self, t: int, accuracy: np.ndarray, metrics: dict[str, float]) -> None:
+    def task_summary(
+        self,
+        t: int,
+        accuracy: np.ndarray,
+        metrics: dict[str, float],
+        validation: dict[str, float] | None = None,
+    ) -> None:
         table = Table(title=f"accuracy (%) after task {t}: rows = test task, columns = after task")
         table.add_column("task")
         for j in range(t + 1):
@@ -103,3 +109,6 @@ class Console:
             )
         self.rich.print(table)
         self.rich.print("  ".join(f"{k.upper()} {v:.2f}" for k, v in metrics.items()))
+        if validation is not None:
+            line = "  ".join(f"{k.upper()} {v:.2f}" for k, v in validation.items())
+            self.rich.print(f"validation: {line}")

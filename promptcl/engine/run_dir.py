@@ -6,7 +6,9 @@
                           one per task with where its time went ({"task", "seconds": {train,
                           evaluate, end_task, checkpoint}}), one for damaged files left out
     accuracy_matrix.csv   A[i, t] (%) so far, rows = test task, columns = after task
-    metrics.json          the metrics of the matrix so far, and the evaluation protocol
+    val_accuracy_matrix.csv   the same on the held-out validation samples (``data.val_fraction``)
+    metrics.json          the metrics of the matrix so far, and the evaluation protocol (and
+                          under "validation" the same metrics on the validation samples)
     predictions/          after_task_<t>.safetensors: predicted and true labels of the seen tests
     checkpoint.pt         the last checkpoint (``engine.checkpoint``)
 
@@ -36,8 +38,17 @@ from promptcl.engine import checkpoint
 from promptcl.errors import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
+VAL_MATRIX = "val_accuracy_matrix.csv"
 MARKER = "run.json"
-RUN_FILES = (MARKER, "config.yaml", "log.jsonl", "accuracy_matrix.csv", "metrics.json", CHECKPOINT)
+RUN_FILES = (
+    MARKER,
+    "config.yaml",
+    "log.jsonl",
+    "accuracy_matrix.csv",
+    VAL_MATRIX,
+    "metrics.json",
+    CHECKPOINT,
+)
 RUN_FOLDERS = ("predictions",)
 
 
@@ -141,23 +152,31 @@ class RunWriter:
             save_file({"predictions": preds, "targets": targets}, str(path))
             checkpoint.readable(path)
 
-    def results(self, accuracy: np.ndarray, summary: dict[str, Any]) -> None:
-        """The accuracy matrix so far and its metrics (``summary``; NaN is written as null)."""
+    def results(
+        self, accuracy: np.ndarray, summary: dict[str, Any], validation: np.ndarray | None = None
+    ) -> None:
+        """The accuracy matrix so far (and the validation one) and their metrics (``summary``;
+        NaN is written as null)."""
         if not self.main:
             return
-        T = len(accuracy)
-        header = "task," + ",".join(f"after_task_{j}" for j in range(T))
-        rows = [
-            f"{i}," + ",".join("" if np.isnan(a) else f"{a:.4f}" for a in accuracy[i])
-            for i in range(T)
-        ]
-        _write_text(self.dir / "accuracy_matrix.csv", "\n".join([header, *rows]) + "\n")
+        _write_matrix(self.dir / "accuracy_matrix.csv", accuracy)
+        if validation is not None:
+            _write_matrix(self.dir / VAL_MATRIX, validation)
         text = json.dumps(_plain(summary), indent=2, allow_nan=False)
         _write_text(self.dir / "metrics.json", text + "\n")
 
     def save_checkpoint(self, payload: dict[str, Any]) -> None:
         if self.main and self.config.output.checkpoint:
             checkpoint.save(self.checkpoint_path, payload)
+
+
+def _write_matrix(path: Path, accuracy: np.ndarray) -> None:
+    T = len(accuracy)
+    header = "task," + ",".join(f"after_task_{j}" for j in range(T))
+    rows = [
+        f"{i}," + ",".join("" if np.isnan(a) else f"{a:.4f}" for a in accuracy[i]) for i in range(T)
+    ]
+    _write_text(path, "\n".join([header, *rows]) + "\n")
 
 
 def _plain(value: Any) -> Any:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -73,6 +73,8 @@ class RunResult:
     metrics: dict[str, float]
     config: RunConfig
     class_order: list[int] = field(default_factory=list)
+    # The same metrics on the held-out validation samples (``data.val_fraction``), else empty.
+    validation: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,12 @@ class Trainer:
             compile_backbone(self.method)
         T = self.scenario.num_tasks
         self.accuracy = np.full((T, T), np.nan)
+        self.validating = config.data.val_fraction > 0
+        self.val_accuracy = np.full((T, T), np.nan)
         self.identity = checkpoint.run_identity(config)
         self.fingerprint = checkpoint.config_fingerprint(config)
         self.test_sizes = [len(self.scenario.test_view(i)) for i in range(T)]
+        self.val_sizes = [len(self.scenario.val_view(i)) for i in range(T)]
 
     # -- the stream ---------------------------------------------------------------------------
     def task(self, t: int) -> Task:
@@ -170,7 +175,8 @@ class Trainer:
             with self._clock("evaluate"):
                 self._evaluate(t)
             self._save(Position(t, FINISHED, 0))
-            self.console.task_summary(t, self.accuracy, self._metrics(t))
+            validation = self._metrics(t, "val") if self.validating else None
+            self.console.task_summary(t, self.accuracy, self._metrics(t), validation)
             self._account(t)
         self.console.time_summary(self.total_seconds)
         return self.result()
@@ -337,17 +343,7 @@ class Trainer:
         return int(summed[0]), dict(zip(keys, summed[1:], strict=True))
 
     def _evaluate(self, t: int) -> None:
-        _, seen = self.scenario.class_range(t)
-        preds, targets = predict(
-            self.method.predict,
-            self.scenario.test_seen(t),
-            seen,
-            self.config.train.eval_batch_size,
-            derive_seed(self.config.seed, t, 10**6),
-            self.device,
-            self.config.train.num_workers,
-            self.config.train.precision,
-        )
+        preds, targets = self._predict_seen(t, "test")
         ends = [self.scenario.class_range(i)[1] for i in range(t + 1)]
         self.accuracy[: t + 1, t] = task_accuracies(preds, targets, ends)
         self.writer.predictions(t, preds, targets)
@@ -357,22 +353,47 @@ class Trainer:
             "skipped_files": len(self.skipped),
             **self._metrics(t),
         }
-        self.writer.results(self.accuracy, summary)
+        if self.validating:
+            self.val_accuracy[: t + 1, t] = task_accuracies(*self._predict_seen(t, "val"), ends)
+            summary["validation"] = self._metrics(t, "val")
+        self.writer.results(self.accuracy, summary, self.val_accuracy if self.validating else None)
+
+    def _predict_seen(
+        self, t: int, split: Literal["test", "val"]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions and labels over the test (or validation) data of tasks 0..t."""
+        return predict(
+            self.method.predict,
+            self.scenario.test_seen(t, split),
+            self.scenario.class_range(t)[1],
+            self.config.train.eval_batch_size,
+            derive_seed(self.config.seed, t, 10**6 + (split == "val")),
+            self.device,
+            self.config.train.num_workers,
+            self.config.train.precision,
+        )
 
     # -- outputs ------------------------------------------------------------------------------
-    def _metrics(self, t: int) -> dict[str, float]:
-        A = self.accuracy[: t + 1, : t + 1]
+    def _metrics(self, t: int, split: Literal["test", "val"] = "test") -> dict[str, float]:
+        A = (self.val_accuracy if split == "val" else self.accuracy)[: t + 1, : t + 1]
+        sizes = self.val_sizes if split == "val" else self.test_sizes
         return metrics.summary(
             A,
-            test_sizes=self.test_sizes[: t + 1],
+            test_sizes=sizes[: t + 1],
             classes_per_task=self.scenario.task_sizes[: t + 1],
         )
 
     def result(self) -> RunResult:
         done = int((~np.isnan(self.accuracy)).any(axis=0).sum())
         summary = self._metrics(done - 1) if done else {}
+        validation = self._metrics(done - 1, "val") if done and self.validating else {}
         return RunResult(
-            self.run_dir, self.accuracy.copy(), summary, self.config, self.scenario.class_order
+            self.run_dir,
+            self.accuracy.copy(),
+            summary,
+            self.config,
+            self.scenario.class_order,
+            validation,
         )
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -393,6 +414,7 @@ class Trainer:
             "position": {"task": at.task, "phase": at.phase, "epochs_done": at.epochs_done},
             "method": self._method_state(),
             "accuracy": torch.from_numpy(self.accuracy),
+            **({"val_accuracy": torch.from_numpy(self.val_accuracy)} if self.validating else {}),
             "rng": checkpoint.rng_state(),
             **{k: v for k, v in optimizer_state.items() if v},
         }
@@ -414,6 +436,8 @@ class Trainer:
                 f"checkpoint does not fit {self.config.method.name}: missing {missing}, unexpected {unexpected}"
             )
         self.accuracy = saved["accuracy"].numpy().copy()
+        if self.validating:
+            self.val_accuracy = saved["val_accuracy"].numpy().copy()
         checkpoint.set_rng_state(saved["rng"])
         if phase == FINISHED:  # the task was finished: continue with the next one
             return Position(task + 1, 0, 0)
