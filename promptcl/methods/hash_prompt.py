@@ -49,6 +49,13 @@ order as in the paper.
 A test shows that Adam steps with ``hgm_mode: grad`` equal those without HGM when epsilon is
 negligible; in practice the scale leaks through only via epsilon and gradient-norm clipping.
 
+Known weakness, measured (``benchmarks/frozen_prompts.py``, synth-shapes-10, seed 0): the old
+classes' Gaussian statistics are fitted once, when their task ends, but the shared experts keep
+training, so TAP re-aligns the head on features the model no longer produces. Training the pool
+costs 12 points (FAA 44.8, FM 32.6; with ``freeze_prompts`` 57.1, FM 13.9), and the loss is not
+task inference's: with every test image routed by its true task's router, the trained pool gives
+56.5 % over all classes and the frozen one 58.6 %. No drift compensation is implemented yet.
+
 Defaults. [seed]: ViT-B/16 Sup-21K, Adam (0.9, 0.999), batch 128, instance-level selection in
 training and inference. [inferred]: E = 8 experts, Top-2, L_p = 10 (5 key + 5 value tokens, the
 prefix size of HiDe's L = 5; with 8 experts the pool plus routers stays smaller than HiDe's ten

@@ -49,6 +49,13 @@ Defaults (CIFAR-100 script ``train_cifar100_vit.sh`` + ``configs/cifar100_hidepr
 - Head and TII layers: timm's init (trunc-normal std 0.02, zero bias), as the official ViT does.
 - ``query_cache`` has no effect: WTP training uses the true task id, never the query.
 
+What the prompts earn, measured (``benchmarks/frozen_prompts.py``, synth-shapes-10, seed 0):
+trained prompts give FAA 57.25, prompts frozen at their initialisation 58.15, because task
+inference is the bottleneck: it picks the right task for 62 % of the test images, and a task's
+prompt serves only its own task. Given each image's true task the trained prompts reach 86.0 %
+over all classes, the frozen ones 58.15 % (with ``shared_prompt_pool`` every frozen prompt is a
+copy of the first, so the task chosen does not matter to them).
+
 Departures from the official code:
 1. TII is trained as a phase of each task after the WTP epochs (on the task's training data)
    instead of in a separate run before WTP. The two models never read each other during
