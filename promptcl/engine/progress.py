@@ -92,13 +92,7 @@ class Console:
         )
         self.rich.print(f"time: {total:.1f} s = {parts}")
 
-    def task_summary(
-        self,
-        t: int,
-        accuracy: np.ndarray,
-        metrics: dict[str, float],
-        validation: dict[str, float] | None = None,
-    ) -> None:
+    def task_summary(self, t: int, accuracy: np.ndarray, metrics: dict[str, float]) -> None:
         table = Table(title=f"accuracy (%) after task {t}: rows = test task, columns = after task")
         table.add_column("task")
         for j in range(t + 1):
@@ -109,6 +103,9 @@ class Console:
             )
         self.rich.print(table)
         self.rich.print("  ".join(f"{k.upper()} {v:.2f}" for k, v in metrics.items()))
-        if validation is not None:
-            line = "  ".join(f"{k.upper()} {v:.2f}" for k, v in validation.items())
-            self.rich.print(f"validation: {line}")
+
+    def validation_summary(self, metrics: dict[str, float]) -> None:
+        """The metrics on the held-out validation samples (``data.val_fraction``)."""
+        self.rich.print(
+            "validation: " + "  ".join(f"{k.upper()} {v:.2f}" for k, v in metrics.items())
+        )

@@ -175,8 +175,9 @@ class Trainer:
             with self._clock("evaluate"):
                 self._evaluate(t)
             self._save(Position(t, FINISHED, 0))
-            validation = self._metrics(t, "val") if self.validating else None
-            self.console.task_summary(t, self.accuracy, self._metrics(t), validation)
+            self.console.task_summary(t, self.accuracy, self._metrics(t))
+            if self.validating:
+                self.console.validation_summary(self._metrics(t, "val"))
             self._account(t)
         self.console.time_summary(self.total_seconds)
         return self.result()
