@@ -201,6 +201,26 @@ def test_counts_record_every_top_k_choice_and_join_the_history_at_the_end_of_the
     assert torch.equal(method.history[1], seen)
 
 
+def test_drift_compensation_shifts_old_means_by_the_pools_drift_on_new_data():
+    method = tiny_method(pool_size=4, top_k=2, drift_compensation=True)
+    method.begin_task(TASKS[0])
+    method.eval()
+    finish_task(method, TASKS[0], loader(TASKS[0]))
+    before = method.wtp_stats.means.clone()
+    method.begin_task(TASKS[1])
+    x = task_batch(TASKS[1]).x
+    u, router_0 = method.router_input(x), torch.zeros(len(x), dtype=torch.long)
+    with torch.no_grad():
+        old = method.routed_features(x, u, router_0)[0]
+        for expert in method.experts:  # as if task 1 had trained the shared pool
+            expert.add_(0.3 * torch.randn_like(expert))
+        drift = (method.routed_features(x, u, router_0)[0] - old).mean(0)  # (F,)
+    assert drift.norm() > 1e-3
+    method.compensate_drift(loader(TASKS[1]))
+    torch.testing.assert_close(method.wtp_stats.means[:3], before[:3] + drift, atol=1e-5, rtol=0)
+    assert torch.equal(method.wtp_stats.means[3:], before[3:])  # task 1's own classes untouched
+
+
 def test_only_experts_current_router_and_head_learn_and_the_backbone_is_unchanged():
     method = tiny_method()
     backbone_before = copy.deepcopy(method.backbone.state_dict())
