@@ -11,7 +11,7 @@ and the accuracy over all classes when each test image gets its true task's prom
     python benchmarks/frozen_prompts.py [--methods l2p hash ...] [--seeds 0 1 2] [--jobs 2]
                                         [--set method.epochs=1 ...]
 
-Measured (seed 0, 2 cores, 2 jobs, about 45 minutes), FAA trained / frozen: L2P 24.35 / 23.20,
+Measured (seed 0, 2 cores, --jobs 2, 31 minutes), FAA trained / frozen: L2P 24.35 / 23.20,
 DualPrompt 28.45 / 29.90, CODA-Prompt 40.85 / 43.20, HiDe-Prompt 57.25 / 58.15, Hash 44.80 /
 57.10, STAR-Prompt 66.00 / 62.75, TPPT-V 66.50 / 65.00, TPPT-VT 66.30 / 65.05, CoSTEP (on
 synth-motion-5) 14.25 / 15.25. With the true task's prompt, HiDe-Prompt reaches 86.0 % trained
