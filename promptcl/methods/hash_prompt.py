@@ -338,22 +338,21 @@ class Hash(TaskInferenceMethod):
         assert self.task is not None, "begin_task was not called"
         t, device = self.task.index, self.head.weight.device
         trained = torch.stack(list(self.experts)).clone()
-        sums = []
-        for pool in (trained, self.start_experts):
-            for expert, value in zip(self.experts, pool, strict=True):
-                expert.copy_(value)
-            total = torch.zeros(t, self.backbone.feature_dim, device=device, dtype=torch.float64)
-            for x, *_ in loader:
-                x = x.to(device)
-                u = self.router_input(x)
+        drift = torch.zeros(t, self.backbone.feature_dim, device=device, dtype=torch.float64)
+        count = torch.zeros((), device=device, dtype=torch.float64)
+        for x, *_ in loader:
+            x = x.to(device)
+            u = self.router_input(x)  # one frozen pass serves both pools
+            for sign, pool in ((1.0, trained), (-1.0, self.start_experts)):
+                for expert, value in zip(self.experts, pool, strict=True):
+                    expert.copy_(value)
                 for tau in range(t):
                     tasks = torch.full((len(x),), tau, device=device)
-                    total[tau] += self.routed_features(x, u, tasks)[0].double().sum(0)
-            sums.append(all_reduce_sum(total))
+                    drift[tau] += sign * self.routed_features(x, u, tasks)[0].double().sum(0)
+            count += len(x)
         for expert, value in zip(self.experts, trained, strict=True):
             expert.copy_(value)
-        count = all_reduce_sum(torch.tensor(float(len(loader.dataset)), device=device))
-        drift = ((sums[0] - sums[1]) / count).float()  # (t, F)
+        drift = (all_reduce_sum(drift) / all_reduce_sum(count)).float()  # (t, F)
         for tau in range(t):
             classes = self.class_task == tau
             self.wtp_stats.means[classes] += drift[tau]
