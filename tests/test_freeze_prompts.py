@@ -10,7 +10,7 @@ from promptcl.build import build_run
 from promptcl.config import build_config
 from promptcl.engine.progress import Console
 from promptcl.engine.trainer import Trainer
-from promptcl.methods.base import Task, trainable
+from promptcl.methods.base import Task, parameters_of, trainable
 
 # method config, backbone, and the top-level modules that still train with frozen prompts
 CASES = {
@@ -40,11 +40,7 @@ def trained(m, task: Task) -> tuple[set[str], set[int]]:
 
 
 def prompt_ids(m) -> set[int]:
-    return {
-        id(p)
-        for part in m.prompt_state()
-        for p in (part.parameters() if hasattr(part, "parameters") else [part])
-    }
+    return {id(p) for p in parameters_of(m.prompt_state())}
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -106,6 +106,11 @@ class Optim:
         return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
 
 
+def parameters_of(parts: list[nn.Module | nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters of modules and bare parameters, in order."""
+    return [p for m in parts for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
+
+
 def trainable(groups: list[dict[str, Any]], frozen: list[nn.Parameter]) -> list[dict[str, Any]]:
     """A phase's parameter groups without the ``frozen`` parameters (which stop requiring
     gradients, so no backward pass is spent on them); groups left empty are dropped."""
@@ -215,8 +220,7 @@ class Method(nn.Module, ABC):
         config has ``freeze_prompts: true``); the engine drops them from the optimiser."""
         if not getattr(self.config, "freeze_prompts", False):
             return []
-        state = self.prompt_state()
-        return [p for m in state for p in (m.parameters() if isinstance(m, nn.Module) else [m])]
+        return parameters_of(self.prompt_state())
 
     def end_epoch(self, phase: Phase) -> None:
         """After every epoch of ``phase``, before its checkpoint: combine what the steps of this
