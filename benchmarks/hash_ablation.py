@@ -3,8 +3,9 @@
 Rows (configs/hash_synth-shapes-10{,_pool-only,_hdr,_hgm}.yaml): the shared pool alone, + HDR,
 + HGM, and the full method. For each: FAA, CAA, FM, the activation entropy H(w) (mean over tasks
 of the last epoch's mean per-sample entropy of the Top-K weights; log K = 0.69 for Top-2 means
-equal weights), how evenly the pool was used (entropy of the cumulative counts / log E: 1 = all
-experts equally), and the wall time.
+equal weights), the share of the Top-K choices that fell on A_t (HDR's penalised most-used
+experts) in the first and the last epoch (mean over tasks 1..), how evenly the pool was used
+(entropy of the cumulative counts / log E: 1 = all experts equally), and the wall time.
 
     python benchmarks/hash_ablation.py [--rows full pool-only ...] [--epochs N] [--seed S]
                                        [--set method.hdr_delta=0.25 ...]
@@ -31,14 +32,16 @@ ROWS = {"pool-only": "_pool-only", "hdr": "_hdr", "hgm": "_hgm", "full": ""}
 FINETUNE = {"name": "finetune", "epochs": 3, "batch_size": 64, "lr": 1e-4}  # prompt_baselines.py
 
 
-def activation_entropy(run_dir: Path) -> float:
-    """Mean over tasks of the last epoch's logged entropy."""
-    last: dict[int, float] = {}
+def per_task(run_dir: Path, key: str, epoch: str) -> float:
+    """Mean over tasks of the first or last epoch's logged ``key`` (tasks 1.. for hot_share:
+    task 0 has no history)."""
+    chosen: dict[int, float] = {}
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         record = json.loads(line)
-        if "entropy" in record:
-            last[record["task"]] = record["entropy"]
-    return sum(last.values()) / len(last)
+        if key in record and (key != "hot_share" or record["task"] > 0):
+            if epoch == "last" or record["task"] not in chosen:
+                chosen[record["task"]] = record[key]
+    return sum(chosen.values()) / len(chosen)
 
 
 def pool_balance(result: promptcl.engine.trainer.RunResult) -> tuple[int, float]:
@@ -76,18 +79,22 @@ def main() -> None:
         if name != "finetune":
             used, balance = pool_balance(result)
             row |= {
-                "entropy": round(activation_entropy(result.run_dir), 3),
+                "entropy": round(per_task(result.run_dir, "entropy", "last"), 3),
+                "hot_first": round(per_task(result.run_dir, "hot_share", "first"), 3),
+                "hot_last": round(per_task(result.run_dir, "hot_share", "last"), 3),
                 "experts_used": used,
                 "pool_balance": round(balance, 3),
             }
         rows[name] = row | {"seconds": round(time.perf_counter() - began, 1)}
         print(name, json.dumps(rows[name]), flush=True)
-    print("\n| row | FAA | CAA | FM | entropy H(w) | experts used | pool balance | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+    keys = ("faa", "caa", "fm", "entropy", "hot_first", "hot_last", "experts_used", "pool_balance")
+    print(
+        "\n| row | FAA | CAA | FM | entropy H(w) | A_t share, first epoch | last epoch "
+        "| experts used | pool balance | seconds |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        cells = [
-            r.get(k, "") for k in ("faa", "caa", "fm", "entropy", "experts_used", "pool_balance")
-        ]
+        cells = [r.get(k, "") for k in keys]
         print(f"| {name} | " + " | ".join(map(str, cells)) + f" | {r['seconds']} |")
 
 

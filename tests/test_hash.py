@@ -162,6 +162,38 @@ def test_hdr_subtracts_delta_from_the_most_activated_experts_scores(delta):
     assert chosen == ({3, 0} if delta < 0.2 else {3, 1} if delta < 0.3 else {1, 2})
 
 
+@pytest.mark.parametrize("router_choice", ["tii", "mean"])
+def test_hdr_spread_scale_measures_delta_in_each_samples_score_spread(router_choice):
+    """``hdr_scale: spread``: the penalty is delta x std_e(s) of the sample's own scores, so a
+    router scaled by 0.01 (a new one) selects the same experts as the grown one; the absolute
+    penalty shuts the hot experts out of the small router's choice."""
+    counts = [50, 0, 0, 40]  # A_1 = {0, 3}
+    spread = at_task_one(tiny_method(pool_size=4, top_k=2, hdr_scale="spread"), counts)
+    absolute = at_task_one(tiny_method(pool_size=4, top_k=2), counts)
+    u = spread.router_input(task_batch(TASKS[1]).x)
+    tasks = None if router_choice == "mean" else torch.ones(len(u), dtype=torch.long)
+    with torch.no_grad():
+        for method in (spread, absolute):
+            for router in method.routers:
+                router.copy_(torch.randn_like(router) * 0.5)
+    absolute.load_state_dict(spread.state_dict())
+    plain = spread.scores(u, torch.ones(len(u), dtype=torch.long), penalised=False)
+    if tasks is not None:  # the penalty, exactly
+        expected = plain - 0.25 * plain.std(1, keepdim=True) * torch.tensor([1.0, 0, 0, 1])
+        torch.testing.assert_close(spread.scores(u, tasks), expected)
+    chosen = {}
+    for name, method in (("spread", spread), ("absolute", absolute)):
+        grown = method.select(method.scores(u, tasks))[0]
+        with torch.no_grad():
+            for router in method.routers:
+                router.mul_(0.01)
+        chosen[name] = (grown, method.select(method.scores(u, tasks))[0])
+    torch.testing.assert_close(chosen["spread"][0], chosen["spread"][1])
+    hot = torch.tensor([0, 3])
+    assert torch.isin(chosen["absolute"][1], hot).sum() == 0  # shut out while the router is small
+    assert torch.isin(chosen["absolute"][0], hot).any()
+
+
 def test_without_task_inference_the_routers_scores_are_averaged():
     method = at_task_one(tiny_method(pool_size=4, router_choice="mean"), [5, 0, 9, 1])
     method.eval()

@@ -16,7 +16,8 @@ Equations [seed]:
 - Sparse gating. K(s) = Top-K(s), w_k = exp(s_k) / sum_{j in K(s)} exp(s_j), instance prompt
   p~ = sum_{k in K(s)} w_k p_k, split into p_K / p_V and prepended to the keys and values
   (``prefix: halves`` [seed: "split into p_K / p_V"]).
-- Activation entropy H(w) = -sum_k w_k log w_k, logged per epoch as ``entropy``.
+- Activation entropy H(w) = -sum_k w_k log w_k, logged per epoch as ``entropy``; the share of
+  the Top-K choices that fall on A_t (below) as ``hot_share``.
 - HDR. H_e^t counts the Top-K selections of expert e during the training of tasks < t (kept in
   ``counts``; the counts of task t are added when it ends, so the history is fixed while a task
   trains [inferred]). s~_e = s_e - phi(H_e^t); default phi = delta on A_t, the "Top-K
@@ -60,6 +61,14 @@ the new task's data between the pool as the task began and as it ended (``compen
 On synth-shapes-10 (seed 0) it recovers little: FAA 46.5, FM 30.7 (44.8 / 32.6 without), so the
 drift is more than a shift of the means; it stays off by default.
 
+Learning rate [inferred]. The seed gives none; the default is HiDe-Prompt's effective prompt lr,
+0.0028125. HiDe computes it as 0.03 x 24/256 from the per-device batch (``unscale_lr``), but uses
+it at a global batch of 192 (8 devices x 24, DDP averaging the gradients), close to the seed's
+128; it is not scaled to 128 because for Adam neither rule is established (linear: x 0.67,
+square root: x 0.82), both are small beside the sensitivity the validation search measures on
+synth-shapes-10 (``benchmarks/tune_on_validation.py``, header of the synth config), and the
+HiDe-Prompt baseline it is compared with runs at the same lr.
+
 Defaults. [seed]: ViT-B/16 Sup-21K, Adam (0.9, 0.999), batch 128, instance-level selection in
 training and inference. [inferred]: E = 8 experts, Top-2, L_p = 10 (5 key + 5 value tokens, the
 prefix size of HiDe's L = 5; with 8 experts the pool plus routers stays smaller than HiDe's ten
@@ -86,7 +95,7 @@ from promptcl.config import Schedule
 from promptcl.methods.base import Batch, Phase, Task
 from promptcl.methods.prompt_base import check_layers
 from promptcl.methods.task_inference import TaskInferenceConfig, TaskInferenceMethod
-from promptcl.prompts.history import DECAYS, PENALTIES, scale_gradient
+from promptcl.prompts.history import DECAYS, PENALTIES, most_activated, scale_gradient
 from promptcl.prompts.prefix import halves, per_kv
 from promptcl.registry import methods
 
@@ -123,6 +132,11 @@ class HashConfig(TaskInferenceConfig):
         0.25, ge=0, description="delta of the routing penalty, below the score spread [inferred]"
     )
     hdr_at_test: bool = Field(True, description="apply each router's penalty at test time too")
+    hdr_scale: Literal["absolute", "spread"] = Field(
+        "absolute",
+        description="absolute: s - phi(H) [seed]; spread: s - phi(H) * std_e(s) per sample, "
+        "delta in units of the router's score spread [inferred]",
+    )
     drift_compensation: bool = Field(
         False,
         description="shift old classes' stored feature means by the drift the shared pool caused "
@@ -221,17 +235,27 @@ class Hash(TaskInferenceMethod):
         return compute(x)
 
     def scores(self, u: Tensor, tasks: Tensor | None, penalised: bool = True) -> Tensor:
-        """s~ = u W_t / sqrt(d) - phi(H^t) with router t = tasks[i] per sample, or (None) the
-        mean over all seen routers: (B, E)."""
+        """s~ = u W_t / sqrt(d) - phi(H^t) [x std_e(s), ``hdr_scale: spread``] with router
+        t = tasks[i] per sample, or (None) the mean over all seen routers: (B, E)."""
         W = torch.stack(list(self.routers))  # (T, D, E)
         T = len(W)
         penalty = torch.stack([self.penalty(t) for t in range(T)]).to(u)  # (T, E)
         if not penalised:
             penalty = torch.zeros_like(penalty)
         if tasks is None:
-            s = torch.einsum("bd,tde->bte", u, W) / math.sqrt(u.shape[1]) - penalty  # (B, T, E)
-            return s.mean(1)
-        return torch.einsum("bd,bde->be", u, W[tasks]) / math.sqrt(u.shape[1]) - penalty[tasks]
+            s = torch.einsum("bd,tde->bte", u, W) / math.sqrt(u.shape[1])  # (B, T, E)
+            return (s - penalty * self.penalty_unit(s)).mean(1)
+        s = torch.einsum("bd,bde->be", u, W[tasks]) / math.sqrt(u.shape[1])  # (B, E)
+        return s - penalty[tasks] * self.penalty_unit(s)
+
+    def penalty_unit(self, s: Tensor) -> Tensor | float:
+        """What delta is measured in: 1 (``hdr_scale: absolute``), or each sample's spread of
+        the router's scores over the experts, std_e(s), held constant in the backward
+        (``spread``: a new router's scores are of order 0.02 |u|, far below delta, and grow as
+        it trains; in units of their spread the penalty means the same throughout)."""
+        if self.config.hdr_scale == "absolute":
+            return 1.0
+        return s.detach().std(-1, keepdim=True)
 
     def select(self, scores: Tensor) -> tuple[Tensor, Tensor]:
         """Top-K experts (B, K) and their softmax weights (B, K)."""
@@ -311,6 +335,9 @@ class Hash(TaskInferenceMethod):
             self.epoch_counts += torch.bincount(idx.flatten(), minlength=self.config.pool_size)
         out = self.wtp_loss(features, batch.y)
         out["entropy"] = activation_entropy(weights.detach()).mean()
+        # The share of the Top-K choices that fall on A_t (HDR's penalised experts).
+        hot = most_activated(self.history[self.task.index], self.hot_size)
+        out["hot_share"] = hot[idx].float().mean()
         return out
 
     @torch.no_grad()
