@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -127,9 +126,7 @@ def list_components() -> None:
     table = Table("kind", "name", "description")
     for kind, registry in (("method", methods), ("backbone", backbones), ("dataset", datasets)):
         for name in registry.names():
-            obj = registry.get(name)
-            doc = (obj.__doc__ or sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
-            table.add_row(kind, name, doc[0] if doc else "")
+            table.add_row(kind, name, registry.describe(name))
     Console().print(table)
 
 

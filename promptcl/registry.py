@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -62,6 +63,14 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         self.discover()
         return sorted(self._items)
+
+    def describe(self, name: str) -> str:
+        """The first line of the component's docstring (else its module's): ``promptcl list``
+        and the documentation site show it."""
+        obj = self.get(name)
+        doc = obj.__doc__ or sys.modules[obj.__module__].__doc__ or ""
+        lines = doc.strip().splitlines()
+        return lines[0] if lines else ""
 
     def __contains__(self, name: str) -> bool:
         self.discover()
