@@ -6,12 +6,14 @@ the registries and the configs' headers are the sources."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 from pathlib import Path
 
 import mkdocs_gen_files
 import yaml
+from pydantic_core import to_jsonable_python
 
 from promptcl.registry import backbones, datasets, methods
 
@@ -45,8 +47,8 @@ def config_table(config: type) -> str:
 def table(fields: dict) -> str:
     rows = ["| key | default | description |", "|---|---|---|"]
     for name, field in fields.items():
-        default = field.get_default(call_default_factory=True)
-        rows.append(f"| `{name}` | `{cell(repr(default))}` | {cell(field.description or '')} |")
+        default = json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
+        rows.append(f"| `{name}` | `{cell(default)}` | {cell(field.description or '')} |")
     return "\n".join(rows)
 
 
@@ -117,12 +119,17 @@ SECTIONS = ("data", "backbone", "train", "output")
 
 
 def header(path: Path) -> tuple[str, str]:
-    """A config's first header line (what it is) and its ``# Reported:`` line."""
+    """A config's first header sentence (what it is) and its ``# Reported:`` line."""
     lines = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
     reported = next(
         (line.split(":", 1)[1].strip() for line in lines if line.startswith("Reported:")), ""
     )
-    return (lines[0] if lines else ""), reported
+    first = []  # the lines of the header's first sentence
+    for line in lines:
+        first.append(line)
+        if line.endswith("."):
+            break
+    return " ".join(first), reported
 
 
 def reproduce_page() -> None:
