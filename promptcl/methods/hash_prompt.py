@@ -47,6 +47,18 @@ spread of a router's scores (about 1 after training there) HDR never selects the
 nothing left to modulate: with delta = 1 the full method equals + HDR. Hence the default
 delta = 0.25, under which a hot expert still wins when it fits much better, and the four rows
 order as in the paper.
+Penalty scale (``hdr_scale``) [inferred]. A new router starts at std 0.02, so its scores are far
+below delta = 0.25 and A_t's experts are shut out of the new task's routing: they take 0.1 % of
+the Top-K choices in a task's first epoch and 3.4 % in its last (even use would be 25 %;
+``hot_share`` in ``log.jsonl``). ``hdr_scale: spread`` measures delta in units of each sample's
+score spread instead, so the penalty means the same while the router grows. Measured (seed 0,
+``hash_ablation.py --set method.hdr_scale=spread method.hdr_delta=D``), full method FAA / FM and
+A_t's share of the choices (first / last epoch): absolute 0.25 (the default) 44.8 / 32.6, 0.1 % /
+3.4 %; spread 0.25: 43.8 / 33.7, 20 % / 22 % (+ HDR alone 37.45 / 43.3, against 42.45 / 34.0);
+spread 1: 40.6 / 37.2, 11 % / 7 %; spread 3: 41.35 / 35.1, 0 % / 0 %. Letting the hot experts in
+freely raises forgetting; shutting them out entirely leaves HGM nothing to modulate (the full
+method falls to the + HDR row). The absolute penalty does what the seed describes: a hot expert
+is chosen only when it fits much better, and then trained at beta x lr. It stays the default.
 A test shows that Adam steps with ``hgm_mode: grad`` equal those without HGM when epsilon is
 negligible; in practice the scale leaks through only via epsilon and gradient-norm clipping.
 
