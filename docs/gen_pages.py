@@ -64,7 +64,17 @@ def method_pages() -> list[tuple[str, str]]:
             page.write(f"# {title}\n\n")
             page.write(f"`method.name: {name}` (`{cls.__module__}.{cls.__name__}`)\n\n")
             page.write(f"{markdown(body.strip())}\n\n")
-            page.write(f"## Configuration (`method.*`)\n\n{config_table(cls.Config)}\n")
+            inferred = [
+                f"`{key}`"
+                for key, field in cls.Config.model_fields.items()
+                if "[inferred" in (field.description or "")
+            ]
+            page.write(f"## Configuration (`method.*`)\n\n{config_table(cls.Config)}\n\n")
+            if inferred:
+                page.write(
+                    "Keys whose default neither the paper nor the official code settles "
+                    f"(marked [inferred] above): {', '.join(inferred)}.\n"
+                )
         pages.append((name, f"{name}.md"))
     with mkdocs_gen_files.open("methods/index.md", "w") as page:
         page.write("# Methods\n\n")
