@@ -15,6 +15,7 @@ import mkdocs_gen_files
 import yaml
 from pydantic_core import to_jsonable_python
 
+from promptcl.config import BackboneConfig, DataConfig, OutputConfig, RunConfig, TrainConfig
 from promptcl.registry import backbones, datasets, methods
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,8 +109,6 @@ def components_page() -> None:
 
 def config_page() -> None:
     """Every key of a run config outside ``method`` (whose keys are on each method's page)."""
-    from promptcl.config import BackboneConfig, DataConfig, OutputConfig, RunConfig, TrainConfig
-
     with mkdocs_gen_files.open("config.md", "w") as page:
         page.write("# Configuration keys\n\n")
         page.write(
