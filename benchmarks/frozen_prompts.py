@@ -13,10 +13,10 @@ and the accuracy over all classes when each test image gets its true task's prom
 
 Measured (seed 0, 2 cores, --jobs 2, 31 minutes), FAA trained / frozen: L2P 24.35 / 23.20,
 DualPrompt 28.45 / 29.90, CODA-Prompt 40.85 / 43.20, HiDe-Prompt 57.25 / 58.15, Hash 44.80 / 57.10
-(at its former lr 0.01; at lr 0.001, chosen on validation data since: 57.80 / 57.40), STAR-Prompt
-66.00 / 62.75, TPPT-V 66.50 / 65.00, TPPT-VT 66.30 / 65.05, CoSTEP (on synth-motion-5) 14.25 /
-15.25. With the true task's prompt, HiDe-Prompt reaches 86.0 % trained and 58.15 % frozen (task
-inference is right for 62 % of the images); Hash 56.45 / 58.55.
+(at its former lr 0.01; at lr 0.001, chosen on validation data since: 57.80 / 57.40, seed 1 56.00 /
+57.15), STAR-Prompt 66.00 / 62.75, TPPT-V 66.50 / 65.00, TPPT-VT 66.30 / 65.05, CoSTEP (on synth-
+motion-5) 14.25 / 15.25. With the true task's prompt, HiDe-Prompt reaches 86.0 % trained and 58.15
+% frozen (task inference is right for 62 % of the images); Hash 56.45 / 58.55.
 """
 
 from __future__ import annotations

@@ -83,9 +83,10 @@ router's features show on the new task's data between the pool as the task began
 (``compensate_drift``); it recovered little (FAA 46.5, FM 30.7), so the drift is more than a shift
 of the means, and it stays off by default. The remedy was the learning rate: tuned on validation
 data (``benchmarks/tune_on_validation.py``), lr 0.001 gives FAA 57.8 / FM 13.9 with the pool
-trained and 57.4 / 13.7 with it frozen. The pool no longer costs anything, and earns 0.4 points,
-within one seed's noise: on this benchmark the frozen tiny backbone's features, task inference
-and TAP carry Hash's result, as they carry HiDe-Prompt's.
+trained and 57.4 / 13.7 with it frozen (seed 1: 56.0 / 15.3 and 57.15 / 14.4). The pool no
+longer costs 12 points, and earns nothing either (-0.4 on the mean of two seeds): on this
+benchmark the frozen tiny backbone's features, task inference and TAP carry Hash's result, as
+they carry HiDe-Prompt's.
 
 Learning rate [inferred]. The seed gives none; the default is HiDe-Prompt's effective prompt lr,
 0.0028125. HiDe computes it as 0.03 x 24/256 from the per-device batch (``unscale_lr``), but uses
