@@ -178,6 +178,17 @@ class TrainConfig(Strict):
         "fp32", description="autocast of forward passes: fp32 (off), bf16, fp16 (CUDA only)"
     )
     compile: bool = Field(False, description="torch.compile the backbone's prompted forward")
+    frozen_cache: bool = Field(
+        True,
+        description="compute each test and plain-view sample's frozen passes once per run "
+        "(promptcl.frozen_cache)",
+    )
+    frozen_cache_mb: float = Field(
+        4096, ge=0, description="stop storing frozen passes beyond this many MB"
+    )
+    frozen_cache_dir: Path | None = Field(
+        None, description="keep the frozen-pass cache in memory-mapped files here instead of RAM"
+    )
 
     @field_validator("device")
     @classmethod

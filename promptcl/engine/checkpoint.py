@@ -31,7 +31,16 @@ FORMAT_VERSION = 1
 HARMLESS = {
     "output": True,
     "data": {"root", "download", "verify"},
-    "train": {"device", "num_workers", "log_every", "compile", "eval_batch_size"},
+    "train": {
+        "device",
+        "num_workers",
+        "log_every",
+        "compile",
+        "eval_batch_size",
+        "frozen_cache",
+        "frozen_cache_mb",
+        "frozen_cache_dir",
+    },
 }
 
 

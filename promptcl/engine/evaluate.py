@@ -15,6 +15,7 @@ as in TSN / SlowFast multi-view testing. Images and single-view clips are predic
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from promptcl import collectives
 from promptcl.engine.sharding import ShardedBatches, shuffled_order
 from promptcl.engine.step import autocast
+from promptcl.frozen_cache import FrozenCache
 
 MULTI_VIEW_DIMS = 6  # a batch (B, V, T, C, H, W) of V test views per video
 
@@ -39,12 +41,15 @@ def predict(
     device: torch.device,
     num_workers: int = 0,
     precision: str = "fp32",
+    cache: FrozenCache | None = None,
+    view: str = "test",
 ) -> tuple[Tensor, Tensor]:
     """Predicted and true labels over ``dataset`` read in shuffled batches; both (N,) int64.
 
     With several processes each predicts its slice of every global batch (``batch_size`` per
     process) and the predictions are gathered, so every process returns the same two tensors, in
-    the same (shuffled) order as a single process would.
+    the same (shuffled) order as a single process would. With a ``cache``, each batch's frozen
+    passes are read from it under its samples' keys in ``view`` (``promptcl.frozen_cache``).
     """
     world, rank = collectives.world_size(), collectives.rank()
     order = shuffled_order(len(dataset), seed)
@@ -54,14 +59,17 @@ def predict(
         dataset, batch_sampler=batches, generator=generator, num_workers=num_workers
     )
     preds, targets = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
-    for x, y, *_ in loader:
-        if x.dim() == MULTI_VIEW_DIMS:  # (B, V, T, C, H, W): views of each video
-            with autocast(precision, device):
+    for x, y, *index in loader:  # the scenario's items also carry each sample's index
+        views = x.shape[1] if x.dim() == MULTI_VIEW_DIMS else 1  # (B, V, T, C, H, W): V views
+        keyed = cache is not None and index
+        keys = cache.bind(view, index[0], views) if keyed else contextlib.nullcontext()
+        with keys, autocast(precision, device):
+            if views > 1:
                 logits = predict_fn(x.to(device).flatten(0, 1))[:, :seen_classes]  # (B V, seen)
-            logits = logits.float().unflatten(0, x.shape[:2]).mean(dim=1)  # (B, seen)
-        else:
-            with autocast(precision, device):
+            else:
                 logits = predict_fn(x.to(device))[:, :seen_classes]  # (B, seen): unseen masked
+        if views > 1:
+            logits = logits.float().unflatten(0, x.shape[:2]).mean(dim=1)  # (B, seen)
         preds.append(logits.argmax(dim=1).cpu())
         targets.append(y)
     mine = torch.stack([torch.tensor(batches.positions()), torch.cat(preds), torch.cat(targets)], 1)

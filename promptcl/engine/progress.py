@@ -92,6 +92,12 @@ class Console:
         )
         self.rich.print(f"time: {total:.1f} s = {parts}")
 
+    def cache_summary(self, computed: int, read: int, mb: float) -> None:
+        """What the frozen-pass cache saved (``promptcl.frozen_cache``)."""
+        self.rich.print(
+            f"frozen passes: {computed} samples computed, {read} read from the cache ({mb:.1f} MB)"
+        )
+
     def task_summary(self, t: int, accuracy: np.ndarray, metrics: dict[str, float]) -> None:
         table = Table(title=f"accuracy (%) after task {t}: rows = test task, columns = after task")
         table.add_column("task")

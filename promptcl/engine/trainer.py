@@ -54,6 +54,7 @@ from promptcl.engine.seeding import derive_seed
 from promptcl.engine.sharding import ShardedBatches, contiguous_shard, shuffled_order
 from promptcl.engine.step import Stepper, compile_backbone
 from promptcl.errors import ConfigError
+from promptcl.frozen_cache import FrozenCache, KeyedLoader
 from promptcl.methods.base import Batch, Phase, Task, trainable
 
 __all__ = ["CHECKPOINT", "RunResult", "Trainer", "protocol"]
@@ -121,6 +122,7 @@ class Trainer:
         # Where the time goes (seconds, this task and the whole run): see ``_clock``.
         self.seconds: dict[str, float] = dict.fromkeys(TIMED, 0.0)
         self.total_seconds: dict[str, float] = dict.fromkeys(TIMED, 0.0)
+        self.cache_rows = {"computed": 0, "read": 0}  # the run's frozen passes (this process)
         self._inner: list[float] = []
         if config.train.compile:
             compile_backbone(self.method)
@@ -132,12 +134,32 @@ class Trainer:
         self.fingerprint = checkpoint.config_fingerprint(config)
         self.test_sizes = [len(self.scenario.test_view(i)) for i in range(T)]
         self.val_sizes = [len(self.scenario.val_view(i)) for i in range(T)]
+        self.cache = self._frozen_cache()
+        self.method.frozen_cache = self.cache
+
+    def _frozen_cache(self) -> FrozenCache | None:
+        """The run's cache of frozen passes (``promptcl.frozen_cache``), or None when it is off."""
+        train, data = self.config.train, self.scenario.data
+        if not train.frozen_cache:
+            return None
+        views = self.config.data.test_clips * self.config.data.test_crops
+        views = views if data.modality == "video" else 1
+        plain = data.train if self.scenario.train_eval is None else self.scenario.train_eval
+        capacity = {"test": len(data.test) * views, "plain": len(plain)}
+        return FrozenCache(capacity, train.frozen_cache_mb, train.frozen_cache_dir)
 
     # -- the stream ---------------------------------------------------------------------------
     def task(self, t: int) -> Task:
         return Task(t, *self.scenario.class_range(t), self.scenario.num_tasks)
 
     def run(self, resume: bool = False) -> RunResult:
+        try:
+            return self._run(resume)
+        finally:
+            if self.cache is not None:
+                self.cache.close()
+
+    def _run(self, resume: bool) -> RunResult:
         at, saved = Position(0, 0, 0), None
         if resume:
             self.writer.resume()
@@ -180,6 +202,8 @@ class Trainer:
                 self.console.validation_summary(self._metrics(t, "val"))
             self._account(t)
         self.console.time_summary(self.total_seconds)
+        if self.cache is not None:
+            self.console.cache_summary(**self.cache_rows, mb=self.cache.bytes / 2**20)
         return self.result()
 
     @contextlib.contextmanager
@@ -197,8 +221,17 @@ class Trainer:
                 self._inner[-1] += spent
 
     def _account(self, t: int) -> None:
-        """Log where task t's time went, and add it to the run's."""
-        self.writer.log({"task": t, "seconds": {k: round(v, 3) for k, v in self.seconds.items()}})
+        """Log where task t's time went (and what the frozen-pass cache held), and add it to
+        the run's."""
+        record: dict[str, Any] = {
+            "task": t,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+        if self.cache is not None:
+            stats = record["frozen_cache"] = self.cache.stats(reset=True)  # this task's
+            self.cache_rows["computed"] += sum(stats["misses"].values())
+            self.cache_rows["read"] += sum(stats["hits"].values())
+        self.writer.log(record)
         for kind, spent in self.seconds.items():
             self.total_seconds[kind] += spent
         self.seconds = dict.fromkeys(TIMED, 0.0)
@@ -277,7 +310,8 @@ class Trainer:
                         break
                     batch = Batch(x.to(self.device), y.to(self.device), index.to(self.device))
                     share = shares[step] if shares is not None else 1.0
-                    losses = stepper(batch, share)
+                    with self._keys(phase, index):
+                        losses = stepper(batch, share)
                     real = len(y) if share > 0 else 0  # a filler sample counts for nothing
                     seen += real
                     for k, v in losses.items():
@@ -307,6 +341,13 @@ class Trainer:
                 schedule=schedule.state_dict(),
                 scaler=stepper.state_dict(),
             )
+
+    def _keys(self, phase: Phase, index: torch.Tensor):
+        """A "plain" phase reads the training set's test-time view: its frozen passes are
+        cached; a "train" phase's augmented views are not (see ``promptcl.frozen_cache``)."""
+        if self.cache is None or phase.data != "plain":
+            return contextlib.nullcontext()
+        return self.cache.bind("plain", index)
 
     def _task_batches(self, task: Task, phase: Phase, seed: int) -> tuple[DataLoader, list[float]]:
         """This process's slices of the shuffled global batches of the task's data."""
@@ -372,6 +413,8 @@ class Trainer:
             self.device,
             self.config.train.num_workers,
             self.config.train.precision,
+            self.cache,
+            "test" if split == "test" else "plain",  # validation samples are training samples
         )
 
     # -- outputs ------------------------------------------------------------------------------
@@ -455,18 +498,20 @@ class Trainer:
             num_workers=self.config.train.num_workers,
         )
 
-    def _plain_loader(self, t: int) -> DataLoader:
+    def _plain_loader(self, t: int) -> DataLoader | KeyedLoader:
         """This process's contiguous block of task t's training data through the test
-        transforms, in order (end-of-task statistics, phase preparation)."""
+        transforms, in order (end-of-task statistics, phase preparation); its frozen passes
+        are read from the run's cache."""
         dataset: Dataset = self.scenario.train_eval_view(t)
         if self.world > 1:
             dataset = Subset(dataset, contiguous_shard(len(dataset), self.world, self.rank))
-        return DataLoader(
+        loader = DataLoader(
             dataset,
             batch_size=self.config.train.eval_batch_size,
             generator=torch.Generator().manual_seed(0),
             num_workers=self.config.train.num_workers,
         )
+        return loader if self.cache is None else KeyedLoader(loader, self.cache, "plain")
 
 
 def len_or_none(batches: Iterable) -> int | None:

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 from promptcl import collectives
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
+from promptcl.frozen_cache import FrozenCache
 from promptcl.prompts.query import QueryCache
 
 DataSource = Literal["train", "plain", "method"]
@@ -187,6 +188,8 @@ class Method(nn.Module, ABC):
         self.task: Task | None = None
         # The per-sample query cache of key-query methods (``prompts.query``), if one is kept.
         self.query_cache: QueryCache | None = None
+        # The run's cache of frozen passes (``promptcl.frozen_cache``), set by the trainer.
+        self.frozen_cache: FrozenCache | None = None
 
     # -- the contract -------------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
@@ -247,6 +250,15 @@ class Method(nn.Module, ABC):
         """(B, ...) inputs -> (B, num_classes) logits; no task identity."""
 
     # -- helpers shared by methods ------------------------------------------------------------
+    def frozen(self, x: Tensor, compute: Callable[[Tensor], Tensor], name: str = "query") -> Tensor:
+        """``compute(x)`` for a pass that does not change during the run (a frozen backbone
+        without prompts), read from the run's cache for samples it has already seen. ``x`` must
+        be the batch the engine handed over (or its flattened views); ``name`` tells a method's
+        frozen passes apart."""
+        if self.frozen_cache is None:
+            return compute(x)
+        return self.frozen_cache(x, compute, name)
+
     def mask_for_training(self, logits: Tensor) -> Tensor:
         """Mask logits of classes that cannot be trained on now (L2P's ``train_mask``).
 

@@ -44,4 +44,5 @@ class ClipZeroShot(Method):
         self.register_buffer("text_features", text, persistent=False)
 
     def predict(self, x: Tensor) -> Tensor:
-        return F.normalize(self.backbone.encode(x), dim=-1) @ self.text_features.T  # (B, C)
+        features = self.frozen(x, self.backbone.encode)  # (B, F)
+        return F.normalize(features, dim=-1) @ self.text_features.T  # (B, C)

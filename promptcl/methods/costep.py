@@ -179,7 +179,7 @@ class CoSTEP(PromptMethod):
             return self.query(x, index)
         if self.query_cache is not None and index is not None and self.training:
             return self.query_cache(x, index, self.backbone)
-        return self.backbone(x)
+        return self.frozen(x, self.backbone, "tokens")
 
     def prompted_features(self, x: Tensor, prompts: Tensor) -> Tensor:
         """Class token of the forward prefix-tuned by ``prompts`` (B, S, D), S = M * L_p."""

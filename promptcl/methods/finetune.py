@@ -52,6 +52,8 @@ class HeadClassifier(Method):
         return [{"params": backbone}, head] if backbone else [head]
 
     def predict(self, x: Tensor) -> Tensor:
+        if self.backbone.frozen:  # a linear probe: the features are the same all run long
+            return self.head(self.frozen(x, self.backbone.encode))  # (B, C)
         return self.head(self.backbone.encode(x))  # (B, C)
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:

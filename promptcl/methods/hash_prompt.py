@@ -259,7 +259,7 @@ class Hash(TaskInferenceMethod):
 
         if self.query_cache is not None and index is not None and self.training:
             return self.query_cache(x, index, compute)
-        return compute(x)
+        return self.frozen(x, compute, "router")
 
     def scores(self, u: Tensor, tasks: Tensor | None, penalised: bool = True) -> Tensor:
         """s~ = u W_t / sqrt(d) - phi(H^t) [x std_e(s), ``hdr_scale: spread``] with router

@@ -62,7 +62,7 @@ class PromptMethod(Method):
         """q(x): the prompt-free pooled feature of the frozen backbone, (B, F)."""
         if self.query_cache is not None and index is not None and self.training:
             return self.query_cache(x, index, self.backbone.encode)
-        return self.backbone.encode(x)
+        return self.frozen(x, self.backbone.encode)
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         """Everything trainable but the head."""

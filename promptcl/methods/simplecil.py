@@ -45,7 +45,7 @@ class SimpleCIL(Method):
         counts = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
         for x, y, *_ in loader:
             y = y.to(device)
-            sums.index_add_(0, y, self.backbone.encode(x.to(device)).double())
+            sums.index_add_(0, y, self.frozen(x.to(device), self.backbone.encode).double())
             counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
         collectives.all_reduce_sum(sums)
         collectives.all_reduce_sum(counts)
@@ -53,5 +53,5 @@ class SimpleCIL(Method):
         self.prototypes[seen] = (sums[seen] / counts[seen, None]).to(self.prototypes.dtype)
 
     def predict(self, x: Tensor) -> Tensor:
-        features = F.normalize(self.backbone.encode(x), dim=-1)  # (B, D)
+        features = F.normalize(self.frozen(x, self.backbone.encode), dim=-1)  # (B, D)
         return features @ F.normalize(self.prototypes, dim=-1).T  # (B, C)

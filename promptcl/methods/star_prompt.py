@@ -204,7 +204,7 @@ class StarPrompt(PromptMethod):
         """q(x): CLIP's image embedding, (B, F)."""
         if self.query_cache is not None and index is not None and self.training:
             return self.query_cache(x, index, self.clip.encode)
-        return self.clip.encode(x)
+        return self.frozen(x, self.clip.encode, "clip")
 
     def features(self, x: Tensor, query: Tensor, past: int) -> Tensor:
         """The ViT's CLS feature with the retrieved prompts (classes < past detached): (B, D)."""

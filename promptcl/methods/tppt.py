@@ -187,7 +187,7 @@ class Tppt(Method):
     # -- the forward --------------------------------------------------------------------------
     @torch.no_grad()
     def query(self, x: Tensor) -> Tensor:
-        return self.backbone.encode(x)  # (B, F): the prompt-free image embedding
+        return self.frozen(x, self.backbone.encode)  # (B, F): the prompt-free image embedding
 
     def image_embedding(self, x: Tensor) -> Tensor:
         """z(x): the normalised embedding of the prompted image tower, (B, F)."""
