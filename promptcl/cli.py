@@ -118,6 +118,94 @@ def pretrain(
     typer.echo(f"use it with `backbone.weights: {out}` or copy it over the shipped file")
 
 
+@app.command()
+def sweep(
+    study: Annotated[Path, typer.Argument(help="study file (YAML): configs x rows x seeds")],
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="runs at a time here (default: the study's)")
+    ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(help="pool (worker processes here), slurm, or submitit-local (test a setup)"),
+    ] = "pool",
+    dry_run: Annotated[bool, typer.Option(help="list the runs and what each needs")] = False,
+    wait: Annotated[bool, typer.Option(help="slurm: wait for the jobs to end")] = True,
+) -> None:
+    """Run a study: every run in its own directory; finished runs are skipped, interrupted ones
+    resumed, so running it again finishes what is missing."""
+    import signal
+
+    from promptcl.sweep import command, load_study, status
+    from promptcl.sweep import sweep as run_sweep
+
+    if executor not in ("pool", "slurm", "submitit-local"):
+        raise typer.BadParameter(f"--executor is pool, slurm or submitit-local, not {executor!r}")
+    try:
+        loaded = load_study(study)
+        if dry_run:
+            gpus = loaded.spec.slurm.gpus_per_job if loaded.spec.slurm and executor != "pool" else 0
+            states = [status(r) for r in loaded.runs]
+            for r, what in zip(loaded.runs, states, strict=True):
+                typer.echo(f"{what:8} {r.name}  ({r.label}, seed {r.seed})")
+                if what not in ("done", "blocked"):
+                    typer.echo("         $ " + " ".join(command(r, what, gpus)))
+            typer.echo(
+                f"{len(states)} runs: "
+                + ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+                + f"; output {loaded.output}"
+            )
+            return
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the runs as Ctrl-C
+        outcomes = run_sweep(loaded, executor, workers, wait)  # type: ignore[arg-type]
+    except PromptCLError as err:
+        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            "[yellow]interrupted:[/] finished runs are kept and interrupted ones keep their "
+            f"checkpoints; run `promptcl sweep {study}` again to finish what is missing",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    failed = [o for o in outcomes if o.state == "failed"]
+    done = sum(o.state != "failed" for o in outcomes)
+    typer.echo(
+        f"{done} of {len(loaded.runs)} runs finished; report: promptcl report {loaded.output}"
+    )
+    if failed:
+        typer.echo(f"{len(failed)} failed:")
+        for o in failed:
+            typer.echo(f"  {o.run.name}: {o.error}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    paths: Annotated[
+        list[Path], typer.Argument(help="run directories, study outputs or folders of runs")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="folder of the report")] = Path("report"),
+    tsne: Annotated[
+        bool, typer.Option(help="t-SNE of the instance prompts (rebuilds each method once)")
+    ] = True,
+    title: Annotated[str | None, typer.Option(help="the HTML page's title")] = None,
+) -> None:
+    """Compare runs from their directories: a table (Markdown, CSV, LaTeX) of FAA, CAA, FM, BWF
+    and seconds (mean and std over seeds), figures (PNG, SVG) and one self-contained HTML page."""
+    from promptcl.report import write_report
+
+    try:
+        made = write_report(paths, out, tsne=tsne, title=title, echo=typer.echo)
+    except (PromptCLError, FileNotFoundError) as err:
+        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo((made.out / "comparison.md").read_text())
+    for line in made.skipped:
+        typer.echo(f"not drawn: {line}")
+    typer.echo(f"{len(made.figures)} figures in {made.out / 'figures'}; page: {made.html}")
+
+
 @app.command("list")
 def list_components() -> None:
     """Show the registered methods, backbones and datasets."""
