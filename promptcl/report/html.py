@@ -20,11 +20,13 @@ h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; font-si
      border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 .meta { color: #666; font-size: .9rem; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
-th, td { padding: .32rem .7rem; border-bottom: 1px solid #e3e3e3; text-align: right; }
+th, td { padding: .32rem .7rem; border-bottom: 1px solid #e3e3e3; text-align: right;
+         white-space: nowrap; }
 th { background: #f4f5f7; font-weight: 600; }
 td:first-child, th:first-child, td.text, th.text { text-align: left; }
 tr.incomplete td { color: #a15c00; }
-td.note { color: #666; font-size: .85rem; text-align: left; }
+td.note { color: #666; font-size: .85rem; text-align: left; white-space: normal; }
+td.partial { color: #a15c00; }
 .oracle { color: #b00020; font-weight: 600; }
 figure { margin: 1.4rem 0; } figure img { max-width: 100%; height: auto;
          border: 1px solid #eee; } figcaption { color: #555; font-size: .88rem; }
@@ -49,11 +51,12 @@ def comparison(table: list[Row]) -> str:
             ' <span class="oracle">(task-oracle)</span>' if row.task_oracle else ""
         )
         cells = "".join(f"<td>{_e(_cell(*row.stat(k), _digits(k)))}</td>" for _, k in METRICS)
-        css = ' class="incomplete"' if row.incomplete else ""
+        css = ' class="incomplete"' if not row.complete else ""
+        note_css = "note partial" if row.incomplete else "note"
         out.append(
             f'<tr{css} data-method="{_e(row.label)}"><td>{method}</td>'
             f'<td class="text">{_e(row.benchmark)}</td><td>{_e(_seeds(row))}</td>{cells}'
-            f'<td class="note">{_e(row.note)}</td></tr>'
+            f'<td class="{note_css}">{_e(row.note)}</td></tr>'
         )
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -72,7 +75,8 @@ def runs_table(records: list[RunRecord]) -> str:
         '<th class="text">protocol</th></tr></thead><tbody>'
     ]
     for r in records:
-        faa, fm = (r.metrics.get(k) for k in ("faa", "fm"))
+        # (an incomplete run's metrics are those of the tasks so far: not shown)
+        faa, fm = (r.metrics.get(k) if r.complete else None for k in ("faa", "fm"))
         css = "" if r.complete else ' class="incomplete"'
         protocol = _e(r.protocol)
         if r.task_oracle:

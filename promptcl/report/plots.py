@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from promptcl import metrics
 from promptcl.report.table import Row
@@ -63,7 +64,7 @@ def accuracy_curves(table: list[Row]) -> list[Plot]:
         ax.set_xticks(range(1, T + 1))
         ax.set_xlabel("after task")
         ax.set_ylabel("average accuracy on the tasks seen (%)")
-        ax.set_title(f"{benchmark}: accuracy after each task (mean, band: ± 1 std over seeds)")
+        ax.set_title(benchmark)
         ax.grid(alpha=0.3)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
         plots.append(
@@ -101,6 +102,8 @@ def accuracy_matrices(table: list[Row]) -> list[Plot]:
                         color = "white" if A[i, t] < 50 else "black"
                         ax.text(t, i, f"{A[i, t]:.0f}", ha="center", va="center", fontsize=6.5,
                                 color=color)  # fmt: skip
+            ax.set_xticks(range(T), [str(t + 1) for t in range(T)])
+            ax.set_yticks(range(T), [str(t + 1) for t in range(T)])
             ax.set_title(row.method, fontsize=10)
             ax.set_xlabel("after task", fontsize=8)
             ax.set_ylabel("test task", fontsize=8)
@@ -140,6 +143,7 @@ def old_new(table: list[Row]) -> list[Plot]:
         old_ax.set_title("old tasks: mean of A[i, t] over i < t")
         new_ax.set_title("newest task: A[t, t]")
         for ax in (old_ax, new_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("after task")
             ax.grid(alpha=0.3)
         old_ax.set_ylabel("accuracy (%)")

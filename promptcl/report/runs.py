@@ -188,6 +188,7 @@ def distinguish(records: list[RunRecord]) -> list[RunRecord]:
     for r in records:
         groups.setdefault((r.label, r.benchmark), []).append(r)
     for group in groups.values():
+        group = [r for r in group if r.config]  # (an unstarted run has no settings yet)
         settings = [_settings(r.config) for r in group]
         keys = sorted(
             {k for s in settings for k in s if len({str(x.get(k)) for x in settings}) > 1}
