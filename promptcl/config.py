@@ -220,6 +220,14 @@ class OutputConfig(Strict):
     )
     checkpoint: bool = Field(True, description="checkpoint after every epoch and task")
     overwrite: bool = Field(False, description="allow reusing a non-empty run directory")
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="experiment trackers fed with log.jsonl's records and the metrics (extras "
+        "promptcl[tensorboard], [wandb], [mlflow]); one that fails warns once, never stops a run",
+    )
+    project: str = Field(
+        "promptcl", description="loggers: the W&B project and MLflow experiment of the run"
+    )
 
 
 class RunConfig(Strict):

@@ -11,6 +11,7 @@
                           under "validation" the same metrics on the validation samples)
     predictions/          after_task_<t>.safetensors: predicted and true labels of the seen tests
     checkpoint.pt         the last checkpoint (``engine.checkpoint``)
+    tensorboard/ wandb/   the optional trackers' files (``output.loggers``, ``engine.loggers``)
 
 Nothing a user wrote is deleted or overwritten: a new run refuses a directory that holds
 anything (an earlier run, finished or not, or other files) unless ``output.overwrite`` is set,
@@ -49,7 +50,7 @@ RUN_FILES = (
     "metrics.json",
     CHECKPOINT,
 )
-RUN_FOLDERS = ("predictions",)
+RUN_FOLDERS = ("predictions", "tensorboard", "wandb")
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -65,6 +66,7 @@ class RunWriter:
         self.config = config
         self.dir = config.output.dir or default_run_dir(config)
         self.main = collectives.is_main()
+        self.loggers = None  # the optional trackers (output.loggers), process 0's alone
 
     @property
     def checkpoint_path(self) -> Path:
@@ -89,6 +91,7 @@ class RunWriter:
             marker = {"run_id": uuid.uuid4().hex, "promptcl": __version__}
             _write_text(self.dir / MARKER, json.dumps(marker, indent=2) + "\n")
             _write_text(self.dir / "config.yaml", self.config.to_yaml())
+            self._start_loggers(resumed=False)
         collectives.barrier()
 
     def resume(self) -> None:
@@ -97,6 +100,14 @@ class RunWriter:
             raise ConfigError(f"{self.dir} is not a promptcl run directory: it has no {MARKER}")
         if self.main:
             self.check_writable()
+            self._start_loggers(resumed=True)
+
+    def _start_loggers(self, resumed: bool) -> None:
+        if self.config.output.loggers:
+            from promptcl.engine.loggers import Loggers
+
+            config = self.config.model_dump(mode="json")
+            self.loggers = Loggers(self.config.output.loggers, self.dir, config, resumed)
 
     def check_writable(self) -> None:
         """Fail now, naming the folder, rather than after an epoch of training."""
@@ -143,6 +154,8 @@ class RunWriter:
         if self.main:
             with open(self.dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(_plain(record), allow_nan=False) + "\n")
+            if self.loggers is not None:
+                self.loggers.log(record)
 
     def predictions(self, t: int, preds: torch.Tensor, targets: torch.Tensor) -> None:
         if self.main:
@@ -164,6 +177,8 @@ class RunWriter:
             _write_matrix(self.dir / VAL_MATRIX, validation)
         text = json.dumps(_plain(summary), indent=2, allow_nan=False)
         _write_text(self.dir / "metrics.json", text + "\n")
+        if self.loggers is not None:
+            self.loggers.metrics(summary, final=summary.get("after_task") == len(accuracy) - 1)
 
     def save_checkpoint(self, payload: dict[str, Any]) -> None:
         if self.main and self.config.output.checkpoint:

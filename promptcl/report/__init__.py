@@ -83,6 +83,8 @@ def _tsne(grouped: list[Row], skipped: list[str], say) -> list:
             out.append(tsne_plot(row.method, run.path, run.seed))
         except NoPrompts as why:
             skipped.append(f"t-SNE of {row.method}: {why}")
+        except ImportError as err:
+            skipped.append(f"t-SNE of {row.method}: {err} (pip install 'promptcl[report]')")
         except Exception as err:  # noqa: BLE001 (a figure must not sink the report)
             skipped.append(f"t-SNE of {row.method}: failed ({type(err).__name__}: {err})")
     return out
