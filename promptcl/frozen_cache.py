@@ -23,10 +23,10 @@ recomputation up to the last bits a batched matrix product may change with the b
 kept apart by autocast state: a pass computed in bf16 (evaluation) never answers one in fp32
 (``end_task``).
 
-Memory: one array of (capacity, *row shape) per (pass, view, autocast state), allocated
-uninitialised (untouched pages cost nothing) in RAM, or in memory-mapped files under
-``train.frozen_cache_dir`` for test sets larger than RAM; once the rows filled reach
-``train.frozen_cache_mb``, new samples are computed every time and not stored.
+Memory: one array of rows per (pass, view, autocast state), in RAM or in a memory-mapped file
+under ``train.frozen_cache_dir`` (for caches larger than RAM), filled in the order samples
+arrive, and a map from each sample key to its row. The arrays together hold at most
+``train.frozen_cache_mb``; once full, new samples are computed every time and not stored.
 
 Resume: the cache is not saved; a resumed run fills it again as it reads the samples. Several
 processes: each process caches the samples of its own batches.
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,8 +50,10 @@ View = str  # "test" or "plain"
 
 @dataclass
 class _Store:
-    values: Tensor  # (capacity, *shape), uninitialised where ``filled`` is False
-    filled: Tensor  # (capacity,) bool
+    values: Tensor  # (max(room, 1), *shape): the stored rows are values[:used]
+    slot: Tensor  # (capacity,) int64: each sample key's row in values, -1 if not stored
+    room: int  # the rows it may fill (0 when the limit left no room)
+    used: int = 0
 
     @property
     def row_bytes(self) -> int:
@@ -71,7 +74,8 @@ class FrozenCache:
             else None
         )
         self.stores: dict[tuple, _Store] = {}
-        self.bytes = 0
+        self.bytes = 0  # in stored rows
+        self.reserved = 0  # in the arrays' rows, stored or not
         self.hits: dict[View, int] = dict.fromkeys(self.capacity, 0)
         self.misses: dict[View, int] = dict.fromkeys(self.capacity, 0)
         self._bound: tuple[View, Tensor] | None = None
@@ -119,7 +123,8 @@ class FrozenCache:
             self._put(store, keys, out)
             self.misses[view] += len(keys)
             return out
-        have = store.filled[keys]
+        slots = store.slot[keys]
+        have = slots >= 0
         hits = int(have.sum())
         self.hits[view] += hits
         self.misses[view] += len(keys) - hits
@@ -127,7 +132,7 @@ class FrozenCache:
             out = compute(x)
             self._put(store, keys, out)
             return out
-        out = store.values[keys].to(x.device)
+        out = store.values[slots.clamp(min=0)].to(x.device)
         if hits < len(keys):
             missing = (~have).nonzero().squeeze(1)
             fresh = compute(x[missing.to(x.device)])
@@ -136,27 +141,34 @@ class FrozenCache:
         return out
 
     def _allocate(self, key: tuple, out: Tensor) -> _Store:
+        """An array for as many rows of ``out``'s shape as the view has samples and the limit
+        leaves room for (virtual memory until written)."""
         name, view, _ = key
-        shape = (self.capacity[view], *out.shape[1:])
+        row_bytes = max(out[0].numel() * out.element_size(), 1)
+        room = max(min(self.capacity[view], (self.limit_bytes - self.reserved) // row_bytes), 0)
+        shape = (max(room, 1), *out.shape[1:])
         if self._tmp is None:
             values = torch.empty(shape, dtype=out.dtype)
         else:
             file = Path(self._tmp.name) / f"{name}-{view}-{len(self.stores)}.bin"
-            size = int(torch.Size(shape).numel())
-            values = torch.from_file(str(file), shared=True, size=size, dtype=out.dtype)
+            values = torch.from_file(
+                str(file), shared=True, size=shape[0] * out[0].numel(), dtype=out.dtype
+            )
             values = values.view(shape)
-        return _Store(values, torch.zeros(shape[0], dtype=torch.bool))
+        self.reserved += room * row_bytes
+        return _Store(values, torch.full((self.capacity[view],), -1, dtype=torch.long), room)
 
     def _put(self, store: _Store, keys: Tensor, rows: Tensor) -> None:
-        """Store the rows of samples not stored yet, as far as the memory limit allows."""
-        room = (self.limit_bytes - self.bytes) // max(store.row_bytes, 1)
-        fresh = ~store.filled[keys]
-        keys, rows = keys[fresh], rows.detach()[fresh.to(rows.device)]
-        keys, rows = keys[:room], rows[:room]
-        if len(keys):
-            store.values[keys] = rows.cpu()
-            store.filled[keys] = True
-            self.bytes += len(keys) * store.row_bytes
+        """Store the rows of samples not stored yet (each once), while the array has room."""
+        fresh = (store.slot[keys] < 0).nonzero().squeeze(1)
+        _, first = np.unique(keys[fresh].numpy(), return_index=True)  # a key twice in a batch
+        pick = fresh[torch.from_numpy(first)][: store.room - store.used]
+        if len(pick):
+            at = torch.arange(store.used, store.used + len(pick))
+            store.values[at] = rows.detach()[pick.to(rows.device)].cpu()
+            store.slot[keys[pick]] = at
+            store.used += len(pick)
+            self.bytes += len(pick) * store.row_bytes
 
 
 def _autocast_state(device: torch.device) -> tuple[bool, torch.dtype | None]:

@@ -175,3 +175,14 @@ def test_a_run_resumed_mid_task_rebuilds_the_cache_and_ends_as_the_uninterrupted
         Trainer(config, StopAt(task=1, phase="tii", epoch=1)).run()
     resumed = promptcl.resume(tmp_path / "cut", quiet=True)
     np.testing.assert_array_equal(resumed.accuracy, reference.accuracy)
+
+
+def test_a_cache_with_no_room_left_computes_every_time():
+    calls = []
+    cache = FrozenCache({"test": 10, "plain": 10}, limit_mb=4 * 4 / 2**20)  # four float32 rows
+    with cache.bind("test", torch.arange(4)):
+        cache(torch.ones(4, 1), doubling(calls), "query")  # fills the limit
+    for _ in range(2):
+        with cache.bind("plain", torch.arange(2)):
+            cache(torch.ones(2, 1), doubling(calls), "query")
+    assert calls == [4, 2, 2] and cache.bytes == 16

@@ -24,6 +24,12 @@ head alignment) override ``phases``.
 Everything a method learns lives in parameters and buffers, so ``state_dict()`` is the method;
 frozen backbones are rebuilt from their presets, not saved.
 
+Frozen passes (a frozen backbone run without prompts: the query of key-query methods, the
+features of end-of-task statistics) go through ``self.frozen(x, compute, name)``: in a run the
+engine then computes them once per test, validation or plain-view training sample and reads
+them back afterwards (``promptcl.frozen_cache``). A pass whose result can change during the run
+(a trained backbone, prompts) must not.
+
 Capabilities are declared, never probed: ``needs_text`` (the backbone must have a text tower),
 ``modalities`` (the inputs the method can handle), ``auxiliary_backbones`` (config fields, each a
 ``BackboneConfig``, naming frozen backbones the engine builds and hands over by role),
