@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from promptcl.errors import ConfigError
 from promptcl.report.runs import progress
-from promptcl.sweep.study import MANIFEST, Run, Study
+from promptcl.sweep.study import MANIFEST, Run, Slurm, Study
 
 Executor = Literal["pool", "slurm", "submitit-local"]
 LOGS = "logs"
@@ -120,11 +120,12 @@ class RunJob:
 
 
 def _stop(child: subprocess.Popen) -> None:
-    """Interrupt a run as Ctrl-C would (it keeps its checkpoints), then kill it if it lingers."""
+    """Interrupt a run as Ctrl-C would (it keeps its checkpoints), then kill it if it lingers
+    (a process started in the background ignores SIGINT; its checkpoints are atomic)."""
     if child.poll() is None:
         child.send_signal(signal.SIGINT)
         try:
-            child.wait(timeout=30)
+            child.wait(timeout=10)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
@@ -252,8 +253,10 @@ def _submitit(
     folder = study.output / "submitit"
     ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor != "slurm" else "slurm")
     params: dict[str, Any] = {"name": f"promptcl-{study.name}", "tasks_per_node": 1, "nodes": 1}
+    # A job past its time limit is requeued by submitit and resumes its run (RunJob.checkpoint).
+    params["timeout_min"] = (slurm or Slurm()).time
     if slurm is not None:
-        params.update(timeout_min=slurm.time, gpus_per_node=gpus)
+        params["gpus_per_node"] = gpus
         if slurm.cpus_per_task:
             params["cpus_per_task"] = slurm.cpus_per_task
         if slurm.mem_gb:
