@@ -149,6 +149,11 @@ class MethodConfig(Strict):
     schedule: Schedule = Field("constant", description="lr schedule, stepped per epoch")
     decay_epochs: int = Field(30, ge=1, description="step schedule: epochs between lr decays")
     decay_rate: float = Field(0.1, gt=0, description="step schedule: lr factor at each decay")
+    warmup_epochs: int = Field(
+        0, ge=0, description="cosine schedule: epochs of linear warm-up from warmup_lr first"
+    )
+    warmup_lr: float = Field(1e-6, ge=0, description="cosine schedule: the warm-up's first lr")
+    min_lr: float = Field(0.0, ge=0, description="cosine schedule: the lr the decay ends at")
     epochs: int = Field(5, ge=0, description="epochs per task")
     batch_size: int = Field(128, ge=1, description="training batch size")
     grad_clip: float | None = Field(1.0, description="max gradient norm; None = no clipping")

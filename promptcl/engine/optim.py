@@ -27,7 +27,10 @@ def build_schedule(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-epoch multiplier of each group's base lr.
 
-    cosine:      0.5 (1 + cos(pi e / K)) over K = epochs.
+    cosine:      0.5 (1 + cos(pi e / K)) over K = epochs; with ``warmup_epochs`` W > 0 or
+                 ``min_lr`` m > 0, as VideoMAE's ``cosine_scheduler`` (VideoMamba, SSP) at epoch
+                 starts: a linear rise from ``warmup_lr`` over W epochs, then
+                 m + (lr - m) 0.5 (1 + cos(pi (e - W) / (K - W))).
     coda-cosine: cos(99 pi e / (200 (K - 1))), CODA-Prompt's and mammoth's ``CosineSchedule``
                  (GT-RIPL/CODA-Prompt utils/schedulers.py): almost zero at the last epoch.
     step:        rate ** ((e - 1) // decay_epochs) for e >= 1, timm's ``StepLRScheduler`` as the
@@ -43,7 +46,7 @@ def build_schedule(
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     K = max(epochs, 1)
     if cfg.schedule == "cosine":
-        factor = lambda e: 0.5 * (1 + math.cos(math.pi * e / K))  # noqa: E731
+        factor = _cosine(cfg, K)
     elif cfg.schedule == "coda-cosine":
         factor = lambda e: math.cos(99 * math.pi * e / (200 * (K - 1))) if K > 1 else 1.0  # noqa: E731
     elif cfg.schedule == "step":
@@ -51,3 +54,18 @@ def build_schedule(
     else:
         factor = lambda e: 1.0  # noqa: E731
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _cosine(cfg: Any, epochs: int):
+    """The cosine factor of epoch e, after ``warmup_epochs`` of linear warm-up (see above)."""
+    warmup, lowest = getattr(cfg, "warmup_epochs", 0), getattr(cfg, "min_lr", 0.0) / cfg.lr
+    first = getattr(cfg, "warmup_lr", 0.0) / cfg.lr
+
+    def factor(e: int) -> float:
+        if e < warmup:
+            return first + (1 - first) * e / warmup
+        return lowest + (1 - lowest) * 0.5 * (
+            1 + math.cos(math.pi * (e - warmup) / max(epochs - warmup, 1))
+        )
+
+    return factor

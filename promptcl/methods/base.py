@@ -105,6 +105,9 @@ class Optim:
     schedule: str = "constant"
     decay_epochs: int = 30
     decay_rate: float = 0.1
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
     grad_clip: float | None = None
 
     @classmethod
