@@ -123,6 +123,12 @@ class BackboneConfig(Strict):
     grid_size: int = Field(
         2, ge=1, description="frame-grid: g x g frames (N_tp = g^2) tiled into one image"
     )
+    activation_checkpointing: bool = Field(
+        False,
+        description="VideoMamba presets: recompute each block in the backward pass instead of "
+        "keeping its activations (less memory, about one more forward of compute); other "
+        "backbones reject it",
+    )
 
 
 def _preset_name(value: Any) -> Any:

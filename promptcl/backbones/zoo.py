@@ -9,6 +9,8 @@ Each preset is one ``Preset`` row; one loader per family (timm, open_clip) turns
 - otherwise the weight file shipped in ``promptcl/backbones/weights/`` if the preset names one,
   else the hub (timm / open_clip download), else (the tiny test presets) random initialisation:
   ``pretrained`` has no effect on ``tiny-vit`` / ``tiny-clip`` unless ``weights`` is given.
+- VideoMamba presets (``promptcl/backbones/videomamba.py``) are never downloaded: their official
+  file (``tag``) must be fetched by hand and given as ``backbone.weights``; an error says where.
 
 timm and open_clip are imported only when a backbone is built, so listing presets stays fast.
 """
@@ -37,16 +39,19 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 class Preset:
     """One named backbone.
 
-    family:    "timm" (``PromptedViT``) or "open_clip" (``PromptedCLIP``).
-    arch:      timm model name / open_clip model name.
-    tag:       pretrained tag on the hub (timm ``arch.tag``, open_clip ``pretrained=tag``);
+    family:    "timm" (``PromptedViT``), "open_clip" (``PromptedCLIP``) or "videomamba"
+               (``VideoMamba``, promptcl's own module).
+    arch:      timm model name / open_clip model name / "videomamba".
+    tag:       pretrained tag on the hub (timm ``arch.tag``, open_clip ``pretrained=tag``; for
+               VideoMamba the official file name in MODEL_ZOO.md, downloaded by hand);
                None: the preset has no downloadable weights.
     packaged:  file name in ``promptcl/backbones/weights/`` shipped with promptcl (safetensors).
-    overrides: architecture overrides: timm ``create_model`` kwargs / open_clip model-config keys.
+    overrides: architecture overrides: timm ``create_model`` kwargs / open_clip model-config keys /
+               ``VideoMamba`` arguments.
     quick_gelu: open_clip only; OpenAI's CLIP weights were trained with QuickGELU.
     """
 
-    family: Literal["timm", "open_clip"]
+    family: Literal["timm", "open_clip", "videomamba"]
     arch: str
     tag: str | None = None
     packaged: str | None = None
@@ -62,6 +67,9 @@ _TINY_CLIP = dict(
     text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=4, layers=2),
 )
 
+# VideoMamba (Li et al., ECCV 2024): Ti / S / M, patch 16, 224 px, 8 frames.
+_VIDEOMAMBA = dict(image_size=224, patch_size=16, num_frames=8)
+
 # The small backbones pretrained by promptcl itself on the synthetic world (`promptcl pretrain`).
 _SYNTH_VIT = dict(img_size=32, patch_size=8, embed_dim=96, depth=6, num_heads=3)
 _SYNTH_CLIP = dict(
@@ -69,6 +77,7 @@ _SYNTH_CLIP = dict(
     vision_cfg=dict(image_size=32, patch_size=8, width=96, layers=6, head_width=32),
     text_cfg=dict(context_length=24, vocab_size=49408, width=64, heads=4, layers=3),
 )
+_SYNTH_VIDEOMAMBA = dict(embed_dim=96, depth=6, image_size=32, patch_size=8, num_frames=8)
 
 PRESETS: dict[str, Preset] = {
     "vit-b16-sup21k": Preset(
@@ -106,6 +115,26 @@ PRESETS: dict[str, Preset] = {
         "open_clip", "ViT-B-16", packaged="tiny-synth-clip.safetensors", overrides=_SYNTH_CLIP,
         about="6-block CLIP (32 px, patch 8, width 96) trained on SynthShapes pretraining captions",
     ),
+    "videomamba-ti": Preset(
+        "videomamba", "videomamba", "videomamba_t16_k400_f8_res224.pth",
+        overrides=dict(embed_dim=192, depth=24, **_VIDEOMAMBA),
+        about="VideoMamba-Ti (video), K400 8 frames; official file, downloaded by hand",
+    ),
+    "videomamba-s": Preset(
+        "videomamba", "videomamba", "videomamba_s16_k400_f8_res224.pth",
+        overrides=dict(embed_dim=384, depth=24, **_VIDEOMAMBA),
+        about="VideoMamba-S (video), K400 8 frames; official file, downloaded by hand",
+    ),
+    "videomamba-m": Preset(
+        "videomamba", "videomamba", "videomamba_m16_k400_mask_ft_f8_res224.pth",
+        overrides=dict(embed_dim=576, depth=32, **_VIDEOMAMBA),
+        about="VideoMamba-M (video), K400 masked-pretrained + fine-tuned, 8 frames (SSP's)",
+    ),
+    "tiny-synth-videomamba": Preset(
+        "videomamba", "videomamba", packaged="tiny-synth-videomamba.safetensors",
+        overrides=_SYNTH_VIDEOMAMBA,
+        about="6-block VideoMamba (video, 32 px, patch 8, width 96) pretrained on SynthMotion",
+    ),
 }  # fmt: skip
 
 Source = Path | str | None  # a local file, a hub tag, or None for random weights
@@ -113,7 +142,21 @@ Source = Path | str | None  # a local file, a hub tag, or None for random weight
 
 def build_preset(name: str, preset: Preset, cfg: BackboneConfig) -> Backbone:
     """Build the preset's model with the weights ``cfg`` asks for, wrap it and freeze it."""
+    if cfg.activation_checkpointing and preset.family != "videomamba":
+        raise ConfigError(
+            f"backbone.activation_checkpointing applies to VideoMamba presets; {name!r} is a "
+            f"{preset.family} model: drop the setting"
+        )
     source = _weights_source(name, preset, cfg)
+    if preset.family == "videomamba":  # promptcl's own module: its errors name the fix
+        from promptcl.backbones import videomamba
+
+        return videomamba.build(
+            name,
+            preset.overrides,
+            source,
+            activation_checkpointing=cfg.activation_checkpointing,
+        )
     try:
         model = _CREATE[preset.family](preset, source)
     except Exception as err:
@@ -230,6 +273,11 @@ def _hub_help(preset: Preset) -> tuple[str, str]:
     """(which hub file holds the weights, the Python call that downloads them); empty if none."""
     if preset.tag is None:
         return "", ""
+    if preset.family == "videomamba":
+        from promptcl.backbones.videomamba import CHECKPOINT_URL, MODEL_ZOO
+
+        url = CHECKPOINT_URL.format(file=preset.tag)
+        return f"{preset.tag} listed in {MODEL_ZOO}", f"wget {url}"
     if preset.family == "timm":
         from timm.models import get_pretrained_cfg
 
