@@ -25,7 +25,7 @@ BASE = {
     "seed": 0,
     "data": {"name": "synth-shapes-10", "task_sizes": [4, 4, 4], "subsample": 24, "augment": False},
     "backbone": {"name": "tiny-vit", "pretrained": False},
-    "method": {"name": "finetune", "epochs": 12, "batch_size": 8, "lr": 1e-3},
+    "method": {"name": "finetune", "epochs": 6, "batch_size": 8, "lr": 1e-3},
     "train": {"eval_batch_size": 128},
 }
 ENTRIES = [
@@ -125,7 +125,7 @@ def test_submitit_local_executor_makes_the_same_run_directories(killed_and_rerun
         assert (b.dir / "accuracy_matrix.csv").read_text() == (
             a.dir / "accuracy_matrix.csv"
         ).read_text()
-        config_a, config_b = (yaml.safe_load((d / "config.yaml").read_text()) for d in (a, b))
+        config_a, config_b = (yaml.safe_load((r.dir / "config.yaml").read_text()) for r in (a, b))
         assert config_a.pop("output")["dir"] != config_b.pop("output")["dir"]
         assert config_a == config_b
 

@@ -134,7 +134,7 @@ def _stop(child: subprocess.Popen) -> None:
 @dataclass
 class Outcome:
     run: Run
-    state: str  # done (before the sweep), new, resume, restart (what was done), failed
+    state: str  # done (before the sweep), new, resume, restart (what was done), failed, interrupted
     seconds: float = 0.0
     error: str = ""
 
@@ -195,6 +195,7 @@ def _pool(study: Study, todo: list[Run], workers: int, echo) -> list[Outcome]:
     jobs = {run.name: RunJob(run, study.output / LOGS / f"{run.name}.log", threads) for run in todo}
     outcomes: list[Outcome] = []
     lock = threading.Lock()
+    stopping = threading.Event()
 
     def execute(run: Run) -> Outcome:
         began = time.perf_counter()
@@ -202,7 +203,8 @@ def _pool(study: Study, todo: list[Run], workers: int, echo) -> list[Outcome]:
             what = jobs[run.name]()
             outcome = Outcome(run, what, time.perf_counter() - began)
         except Exception as err:  # noqa: BLE001 (one run's failure must not stop the others)
-            outcome = Outcome(run, "failed", time.perf_counter() - began, str(err))
+            state = "interrupted" if stopping.is_set() else "failed"
+            outcome = Outcome(run, state, time.perf_counter() - began, str(err))
         with lock:
             outcomes.append(outcome)
             echo(_line(outcome, len(outcomes), len(todo)))
@@ -215,6 +217,7 @@ def _pool(study: Study, todo: list[Run], workers: int, echo) -> list[Outcome]:
         while pending:
             _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
     except KeyboardInterrupt:
+        stopping.set()
         for f in futures:
             f.cancel()
         for job in jobs.values():
@@ -226,6 +229,8 @@ def _pool(study: Study, todo: list[Run], workers: int, echo) -> list[Outcome]:
 
 
 def _line(o: Outcome, n: int, total: int) -> str:
+    if o.state == "interrupted":
+        return f"[{n}/{total}] {o.run.name}: interrupted after {o.seconds:.0f} s (it resumes)"
     if o.state == "failed":
         return f"[{n}/{total}] {o.run.name}: FAILED after {o.seconds:.0f} s: {o.error}"
     verb = {"resume": "resumed", "restart": "restarted", "new": "ran"}.get(o.state, o.state)
