@@ -413,10 +413,16 @@ class Hash(TaskInferenceMethod):
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
-        tokens = self.backbone(x)  # one frozen pass feeds both TII and the routers
-        tasks = (
-            self.tasks_of(self.backbone.pool(tokens))
-            if self.config.router_choice == "tii"
-            else None
-        )
-        return self.head(self.routed_features(x, self.summarise(tokens), tasks)[0])
+        query, u = self.query_and_router_input(x)
+        tasks = self.tasks_of(query) if self.config.router_choice == "tii" else None
+        return self.head(self.routed_features(x, u, tasks)[0])
+
+    def query_and_router_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(x) for TII (B, F) and the routers' input (B, D), from one frozen pass."""
+
+        def compute(images: Tensor) -> Tensor:
+            tokens = self.backbone(images)
+            return torch.cat([self.backbone.pool(tokens), self.summarise(tokens)], dim=1)
+
+        both = self.frozen(x, compute, "query+router")
+        return both.split([self.backbone.feature_dim, self.backbone.embed_dim], dim=1)
