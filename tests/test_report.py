@@ -133,6 +133,14 @@ def test_runs_of_one_method_with_other_settings_are_kept_apart(tmp_path):
     assert labels == ["hash (method.hdr=top-k)", "hash (method.hdr=none)"]
 
 
+def test_a_setting_at_its_default_missing_from_an_older_config_is_no_difference(tmp_path):
+    fake_run(tmp_path / "a", "l2p", 0, faa=50)  # written before decay_rate existed, say
+    fake_run(tmp_path / "b", "l2p", 1, faa=60, decay_rate=0.1)  # its default, written out
+    fake_run(tmp_path / "c", "l2p", 2, faa=70, decay_rate=0.1, prompt_length=7)
+    labels = [row.label for row in rows(find_runs([tmp_path]))]
+    assert labels == ["l2p (method.prompt_length=5)", "l2p (method.prompt_length=7)"]
+
+
 def test_a_study_manifest_names_the_rows_and_lists_unstarted_runs(runs):
     manifest = {
         "study": "s",
@@ -152,12 +160,18 @@ def test_a_study_manifest_names_the_rows_and_lists_unstarted_runs(runs):
 
 def test_report_writes_tables_figures_and_a_page_with_every_image(runs, tmp_path):
     out = tmp_path / "report"
+    (out / "figures").mkdir(parents=True)
+    for name in ("gone.png", "gone.svg", "mine.png"):  # an earlier report's figure, a user's file
+        (out / "figures" / name).write_bytes(b"")
+    (out / "figures" / "report-figures.json").write_text('["gone"]')
     result = CliRunner().invoke(app, ["report", str(runs), "-o", str(out), "--no-tsne"])
     assert result.exit_code == 0, result.output
     assert "| l2p | synth-shapes-10 | 3 of 4 | 60.00 ± 10.00" in result.output
     for name in ("comparison.md", "comparison.csv", "comparison.tex", "report.html"):
         assert (out / name).stat().st_size > 0
-    stems = {p.stem for p in (out / "figures").glob("*.png")}
+    assert (out / "figures" / "mine.png").exists()
+    assert not (out / "figures" / "gone.svg").exists()
+    stems = {p.stem for p in (out / "figures").glob("*.png")} - {"mine"}
     assert stems == {p.stem for p in (out / "figures").glob("*.svg")}
     assert stems == {
         "accuracy_curves_synth-shapes-10",

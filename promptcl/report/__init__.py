@@ -62,10 +62,24 @@ def write_report(
         plot.figure.savefig(out / "figures" / f"{plot.name}.svg", format="svg")
         figures.append((plot, png))
         report.figures.append(plot.name)
+    _forget_old_figures(out, report.figures)
     sources = [str(p) for p in paths]
     page = html.page(title or "promptcl report", sources, grouped, records, figures, report.skipped)
     _write_text(report.html, page)
     return report
+
+
+def _forget_old_figures(out: Path, now: list[str]) -> None:
+    """Remove the figures an earlier report wrote into ``out`` and this one did not (a method
+    renamed or gone), so that figures/ holds this report's; other files are left alone."""
+    import json
+
+    listing = out / "figures" / "report-figures.json"
+    before = json.loads(listing.read_text()) if listing.is_file() else []
+    for stem in set(before) - set(now):
+        for ext in ("png", "svg"):
+            (out / "figures" / f"{stem}.{ext}").unlink(missing_ok=True)
+    listing.write_text(json.dumps(sorted(now)) + "\n")
 
 
 def _tsne(grouped: list[Row], skipped: list[str], say) -> list:

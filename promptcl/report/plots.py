@@ -14,6 +14,7 @@ Only complete runs are drawn.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,11 @@ class Plot:
     title: str
     figure: Figure
     caption: str = ""
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label: ``hash (method.hdr=none)`` -> ``hash_method.hdr-none``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("=", "-")).strip("_")
 
 
 def _complete_matrices(row: Row) -> list[np.ndarray]:
@@ -69,7 +75,7 @@ def accuracy_curves(table: list[Row]) -> list[Plot]:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
         plots.append(
             Plot(
-                f"accuracy_curves_{benchmark}",
+                f"accuracy_curves_{slug(benchmark)}",
                 f"Accuracy after each task: {benchmark}",
                 fig,
                 "a_t = mean over the seen tasks i <= t of A[i, t]; the band is one standard "
@@ -114,7 +120,7 @@ def accuracy_matrices(table: list[Row]) -> list[Plot]:
             fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (%)")
         plots.append(
             Plot(
-                f"accuracy_matrices_{benchmark}",
+                f"accuracy_matrices_{slug(benchmark)}",
                 f"Accuracy matrices: {benchmark}",
                 fig,
                 "A[i, t]: accuracy on task i's test set after training task t (mean over seeds).",
@@ -150,7 +156,7 @@ def old_new(table: list[Row]) -> list[Plot]:
         new_ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
         plots.append(
             Plot(
-                f"old_new_{benchmark}",
+                f"old_new_{slug(benchmark)}",
                 f"Old and new accuracy per task: {benchmark}",
                 fig,
                 "Mean over seeds. Stability (old tasks) against plasticity (the newest task).",
@@ -194,10 +200,9 @@ def expert_activation(table: list[Row]) -> list[Plot]:
         ax.set_ylim(0, 100)
         ax.set_title(f"{row.method} on {row.benchmark}: expert activation per task")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-        slug = row.label.replace("/", "_").replace(" ", "_")
         plots.append(
             Plot(
-                f"expert_activation_{slug}_{row.benchmark}",
+                f"expert_activation_{slug(row.label)}_{slug(row.benchmark)}",
                 f"Expert activation: {row.method}, {row.benchmark}",
                 fig,
                 f"Counts of the training steps' Top-K selections, over {len(per_run)} seed(s).",

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from promptcl.engine.checkpoint import HARMLESS
 from promptcl.engine.run_dir import MARKER
 
 MANIFEST = "study.json"
@@ -40,6 +39,7 @@ class RunRecord:
     metrics: dict[str, Any] = field(repr=False)  # metrics.json as written by the run
     seconds: float | None  # the sum of the per-task time records in log.jsonl
     log: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    labelled: bool = False  # the label comes from a study's manifest
 
     @property
     def complete(self) -> bool:
@@ -55,6 +55,8 @@ class RunRecord:
             return "complete"
         if not self.path.is_dir():
             return "not started"
+        if not self.tasks_done:
+            return "incomplete (no task finished)"
         of = self.num_tasks if self.num_tasks is not None else "?"
         return f"incomplete ({self.tasks_done}/{of} tasks)"
 
@@ -120,6 +122,7 @@ def read_run(
         metrics=metrics,
         seconds=task_seconds(log),
         log=log,
+        labelled=label is not None,
     )
 
 
@@ -183,35 +186,55 @@ def is_run(path: Path) -> bool:
 def distinguish(records: list[RunRecord]) -> list[RunRecord]:
     """Runs that share a label and a benchmark but differ in a setting other than the seed
     (e.g. the Hash ablation rows, all called ``hash``) get the differing settings in their
-    labels, so that different configurations are never averaged together."""
+    labels, so that different configurations are never averaged together. The settings are
+    those a checkpoint checks on resume, less those at their defaults (a setting added to
+    promptcl after a run was made is no difference). A study's runs keep their labels."""
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r.label, r.benchmark), []).append(r)
+        if r.config and not r.labelled:  # (an unstarted run has no settings yet)
+            groups.setdefault((r.label, r.benchmark), []).append(r)
     for group in groups.values():
-        group = [r for r in group if r.config]  # (an unstarted run has no settings yet)
-        settings = [_settings(r.config) for r in group]
+        settings = [_settings(r) for r in group]
         keys = sorted(
-            {k for s in settings for k in s if len({str(x.get(k)) for x in settings}) > 1}
+            {k for s, _ in settings for k in s if len({str(x.get(k)) for x, _ in settings}) > 1}
         )
-        for r, s in zip(group, settings, strict=True):
+        for r, (_, flat) in zip(group, settings, strict=True):
             if keys:
-                r.label += " (" + ", ".join(f"{k}={s.get(k)}" for k in keys) + ")"
+                r.label += " (" + ", ".join(f"{k}={flat.get(k, 'default')}" for k in keys) + ")"
     return records
 
 
-def _settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened settings that shape what a run computes (not its seed, paths, devices)."""
+def _settings(record: RunRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The flattened settings that shape what a run computes (not its seed, paths, devices),
+    those at their defaults left out; and every setting's value, for the label."""
+    from promptcl.config import load_config
+    from promptcl.engine.checkpoint import run_identity
+
+    try:
+        config = load_config(record.path / "config.yaml")
+        identity, values = run_identity(config), _flat(config.model_dump(mode="json"))
+    except Exception:  # noqa: BLE001 (a config of another promptcl version: compare it raw)
+        identity = {k: v for k, v in record.config.items() if k != "output"}
+        values = _flat(record.config)
+    identity.pop("seed", None)
     out: dict[str, Any] = {}
 
-    def walk(node: dict[str, Any], prefix: str, harmless: Any) -> None:
+    def walk(node: dict[str, Any], prefix: str) -> None:
         for key, value in node.items():
-            skip = harmless is True or (isinstance(harmless, set) and key in harmless)
-            if skip:
-                continue
             if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.", HARMLESS.get(key) if not prefix else None)
-            else:
+                walk(value, f"{prefix}{key}.")
+            elif f"{prefix}{key}" != "method_name":
                 out[f"{prefix}{key}"] = value
 
-    walk({k: v for k, v in config.items() if k != "seed"}, "", None)
+    walk(identity, "")
+    return out, values
+
+
+def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
     return out

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from promptcl.backbones.base import LayerPrompts
-from promptcl.report.plots import Plot, _colors
+from promptcl.report.plots import Plot, _colors, slug
 
 PER_CLASS = 3  # test samples per class
 
@@ -81,20 +81,41 @@ def instance_prompts(run_dir: Path, per_class: int = PER_CLASS):
     return torch.cat(vectors).numpy(), np.array(tasks), np.array(classes)
 
 
-def embed(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE (scikit-learn) after a PCA to at most 50 dimensions."""
-    from sklearn.manifold import TSNE
+def embed(vectors: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]:
+    """2-D points for the samples and the number of distinct prompts among them.
 
-    x = vectors - vectors.mean(0)
+    A t-SNE (scikit-learn) of the distinct vectors after a PCA to at most 50 dimensions (with
+    fewer than 6 distinct vectors, their first two principal components). Methods that pick one
+    of a few prompts per sample (DualPrompt's or HiDe-Prompt's task prompts) give many samples
+    the same vector: those samples are spread in a small ring around their vector's point, so
+    that how many chose it, and from which tasks, stays visible."""
+    unique, inverse = np.unique(vectors.round(6), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    x = unique - unique.mean(0)
     u, s, _ = np.linalg.svd(x, full_matrices=False)
     x = u[:, :50] * s[:50]
-    perplexity = min(30.0, (len(x) - 1) / 3)
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    if len(unique) >= 6:
+        from sklearn.manifold import TSNE
+
+        perplexity = min(30.0, (len(unique) - 1) / 3)
+        points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    else:
+        points = np.pad(x[:, :2], ((0, 0), (0, max(0, 2 - x.shape[1]))))
+    points = points[inverse].astype(float)
+    counts = np.bincount(inverse)
+    if (counts > 1).any():
+        span = float(np.ptp(points, axis=0).max()) or 1.0
+        rng = np.random.default_rng(seed)
+        shared = counts[inverse] > 1
+        angle = rng.uniform(0, 2 * np.pi, shared.sum())
+        radius = 0.03 * span * np.sqrt(rng.uniform(0, 1, shared.sum()))
+        points[shared] += np.stack([np.cos(angle), np.sin(angle)], 1) * radius[:, None]
+    return points, len(unique)
 
 
 def tsne_plot(label: str, run_dir: Path, seed: int | None) -> Plot:
     vectors, tasks, classes = instance_prompts(run_dir)
-    points = embed(vectors)
+    points, distinct = embed(vectors)
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     by_task, by_class = fig.subplots(1, 2)
     T = int(tasks.max()) + 1
@@ -110,11 +131,16 @@ def tsne_plot(label: str, run_dir: Path, seed: int | None) -> Plot:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{label}: instance prompts of {len(points)} test samples (t-SNE)")
-    slug = label.replace("/", "_").replace(" ", "_")
+    shared = (
+        f" They hold {distinct} distinct prompts: the samples that share one are spread around "
+        "its point."
+        if distinct < len(points)
+        else ""
+    )
     return Plot(
-        f"tsne_{slug}",
+        f"tsne_{slug(label)}",
         f"Instance prompts (t-SNE): {label}",
         fig,
         f"The prompts the final model gives the backbone for {PER_CLASS} test samples per class "
-        f"({vectors.shape[1]} numbers each; run {run_dir.name}, seed {seed}).",
+        f"({vectors.shape[1]} numbers each; run {run_dir.name}, seed {seed}).{shared}",
     )
