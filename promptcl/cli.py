@@ -168,6 +168,12 @@ def sweep(
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
+    if executor == "slurm" and not wait:
+        typer.echo(
+            "jobs submitted; `promptcl sweep` of the same file again (or with --dry-run) shows "
+            "what is finished, and submits only what is missing"
+        )
+        return
     failed = [o for o in outcomes if o.state == "failed"]
     done = sum(o.state != "failed" for o in outcomes)
     typer.echo(

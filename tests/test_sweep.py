@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from promptcl.cli import app
 from promptcl.errors import ConfigError
-from promptcl.sweep import load_study, status, sweep
+from promptcl.sweep import command, load_study, status, sweep
 
 # The reduced stream of the end-to-end tests (random tiny ViT, 3 tasks of 4 classes).
 BASE = {
@@ -181,9 +181,38 @@ def test_gpus_per_job_with_cpu_runs_is_refused_before_submitting(tmp_path):
         sweep(load_study(path), executor="slurm", echo=quiet)
 
 
-def test_several_gpus_run_under_torchrun(tmp_path):
-    from promptcl.sweep import command
+def test_slurm_jobs_carry_the_study_resources_and_run_torchrun(tmp_path, monkeypatch):
+    """Submitted to a stand-in sbatch (no Slurm here): one job per run, with the study's
+    resources, and the job runs the run under torchrun with its GPUs."""
+    pytest.importorskip("submitit", reason="the Slurm extra: pip install 'promptcl[slurm]'")
+    import pickle
 
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "srun").write_text("#!/bin/sh\nexit 0\n")
+    n = tmp_path / "n"
+    (bin_ / "sbatch").write_text(
+        f'#!/bin/sh\necho x >> {n}; k=$(wc -l < {n}); cp "$1" {tmp_path}/sbatch-$k.sh\n'
+        'echo "Submitted batch job 10$k"\n'
+    )
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    slurm = {"partition": "gpu", "gpus_per_job": 2, "time": 30, "setup": ["module load cuda"]}
+    path = write_study(tmp_path, "slurm", slurm=slurm, set=["train.device=cuda"])
+    study = load_study(path)
+    assert sweep(study, executor="slurm", wait_for_jobs=False, echo=quiet) == []
+    scripts = sorted(tmp_path.glob("sbatch-*.sh"))
+    assert len(scripts) == len(study.runs) == 4
+    text = scripts[0].read_text()
+    for line in ("--partition=gpu", "--gpus-per-node=2", "--time=30", "module load cuda"):
+        assert line in text
+    job = pickle.loads((study.output / "submitit" / "101_submitted.pkl").read_bytes()).function
+    assert job.run.name == study.runs[0].name and job.gpus == 2
+    assert "torch.distributed.run" in command(job.run, "new", job.gpus)
+
+
+def test_several_gpus_run_under_torchrun(tmp_path):
     run = load_study(write_study(tmp_path, "cmd")).runs[0]
     assert command(run, "new", gpus=1)[1:4] == ["-m", "promptcl", "run"]
     multi = command(run, "resume", gpus=4)

@@ -256,7 +256,15 @@ def _submitit(
             "`set: [train.device=cuda]` to the study file"
         )
     folder = study.output / "submitit"
-    ex = submitit.AutoExecutor(folder=folder, cluster="local" if executor != "slurm" else "slurm")
+    try:
+        ex = submitit.AutoExecutor(
+            folder=folder, cluster="local" if executor != "slurm" else "slurm"
+        )
+    except RuntimeError as err:  # no srun: not on a Slurm cluster
+        raise ConfigError(
+            f"--executor slurm: {err} Run the sweep where Slurm's commands are, or try the jobs "
+            "here with --executor submitit-local"
+        ) from None
     params: dict[str, Any] = {"name": f"promptcl-{study.name}", "tasks_per_node": 1, "nodes": 1}
     # A job past its time limit is requeued by submitit and resumes its run (RunJob.checkpoint).
     params["timeout_min"] = (slurm or Slurm()).time
