@@ -169,7 +169,7 @@ class _ChunkedScan(torch.autograd.Function):
         _scan_(a, h, chunk)
         ctx.chunk = chunk
         ctx.save_for_backward(dt, x, A, B, C, a, h)
-        return torch.matmul(h, C.unsqueeze(-1)).squeeze(-1)  # (L, B, E)
+        return (h * C.unsqueeze(2)).sum(-1)  # (L, B, E); faster than a batched matmul
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -181,7 +181,7 @@ class _ChunkedScan(torch.autograd.Function):
         if g.shape[0] > 1:
             g[-2].addcmul_(a[-1], g[-1])
             _scan_(a[1:], g[:-1], ctx.chunk, reverse=True)
-        gB = torch.matmul(g, B.unsqueeze(-1)).squeeze(-1)  # (L, B, E): dL/d(dt x)
+        gB = (g * B.unsqueeze(2)).sum(-1)  # (L, B, E): dL/d(dt x)
         dB = torch.matmul((dt * x).unsqueeze(-2), g).squeeze(-2)  # (L, B, N)
         q = g  # dL/d(dt A) = g_t h_{t-1} a_t, written over g
         q[1:].mul_(h[:-1])

@@ -121,17 +121,15 @@ class ScanBranch(nn.Module):
             d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True
         )
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        # Mamba's own dt_proj init (dt in [0.001, 0.1]) is left out: VideoMamba's constructor
+        # re-draws the weight and zeroes the bias (VideoMamba._init).
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
-        # Mamba's init (the VideoMamba constructor then re-draws the Linear layers, see _init).
-        std = dt_rank**-0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(
-            torch.rand(d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
-        ).clamp(min=1e-4)
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1.0).repeat(d_inner, 1)))
+        self.A_log = nn.Parameter(torch.empty(d_inner, d_state))  # A = -exp(A_log) = -(1..N)
         self.D = nn.Parameter(torch.ones(d_inner))
+        with torch.no_grad():  # (computed on the CPU: also when building on the meta device)
+            self.A_log.copy_(
+                torch.arange(1, d_state + 1.0, device="cpu").log().expand_as(self.A_log)
+            )
 
     def forward(self, x: Tensor, z: Tensor, scan: Impl) -> Tensor:
         """x, z (B, E, L) -> (B, E, L): causal conv, SiLU, the selective scan gated by silu(z)."""
@@ -144,15 +142,20 @@ class ScanBranch(nn.Module):
         return selective_scan(
             x,
             dt.transpose(1, 2),
-            -torch.exp(self.A_log.float()),
+            -torch.exp(_float32(self.A_log)),
             B.transpose(1, 2),
             C.transpose(1, 2),
-            self.D.float(),
+            _float32(self.D),
             z,
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=_float32(self.dt_proj.bias),
             delta_softplus=True,
             impl=scan,
         )
+
+
+def _float32(t: Tensor) -> Tensor:
+    """At least float32 (Mamba keeps A, D and the dt bias in float32; float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class BiMamba(nn.Module):
