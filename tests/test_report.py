@@ -38,20 +38,20 @@ def fake_run(
     seconds: tuple[float, ...] = (1.0, 2.0, 3.0),
     done: int = 3,
     protocol: str = PLAIN,
+    T: int = 3,
     **method_keys,
 ) -> Path:
-    """A run directory written by hand: T = 3 tasks, ``done`` of them evaluated."""
+    """A run directory written by hand: T tasks, ``done`` of them evaluated."""
     d = folder / f"{method}-seed{seed}"
     d.mkdir(parents=True)
     config = {
         "seed": seed,
-        "data": {"name": "synth-shapes-10", "task_sizes": [4, 4, 4]},
+        "data": {"name": "synth-shapes-10", "task_sizes": [12 // T] * T},
         "method": {"name": method, **method_keys},
         "output": {"dir": str(d)},
     }
     (d / "run.json").write_text(json.dumps({"run_id": f"{method}{seed}", "promptcl": "0.1.0"}))
     (d / "config.yaml").write_text(yaml.safe_dump(config))
-    T = 3
     A = np.full((T, T), np.nan)
     for t in range(done):
         A[: t + 1, t] = [faa + 10 * (t - i) for i in range(t + 1)]  # any numbers
@@ -139,6 +139,18 @@ def test_a_setting_at_its_default_missing_from_an_older_config_is_no_difference(
     fake_run(tmp_path / "c", "l2p", 2, faa=70, decay_rate=0.1, prompt_length=7)
     labels = [row.label for row in rows(find_runs([tmp_path]))]
     assert labels == ["l2p (method.prompt_length=5)", "l2p (method.prompt_length=7)"]
+
+
+def test_a_one_task_run_is_a_level_on_the_accuracy_figure(runs):
+    from promptcl.report.plots import accuracy_curves
+
+    fake_run(runs, "joint", 0, faa=80, T=1, done=1, seconds=(5,))
+    (plot,) = accuracy_curves(rows(find_runs([runs])))
+    ax = plot.figure.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "joint (one task)" in legend
+    (level,) = [line for line in ax.get_lines() if line.get_label() == "joint (one task)"]
+    assert set(level.get_ydata()) == {80.0}
 
 
 def test_a_study_manifest_names_the_rows_and_lists_unstarted_runs(runs):

@@ -61,10 +61,14 @@ def accuracy_curves(table: list[Row]) -> list[Plot]:
             curves = np.array([metrics.average_accuracies(A) for A in _complete_matrices(row)])
             x = np.arange(1, curves.shape[1] + 1)
             mean = curves.mean(0)
-            marker = "o" if len(x) == 1 else None
-            ax.plot(x, mean, color=color, label=row.method, marker=marker, lw=1.8)
-            if len(curves) > 1:
-                std = curves.std(0, ddof=1)
+            std = curves.std(0, ddof=1) if len(curves) > 1 else None
+            if len(x) == 1:  # one task (joint training on every class): a level, not a curve
+                ax.axhline(mean[0], color=color, ls="--", lw=1.5, label=f"{row.method} (one task)")
+                if std is not None:
+                    ax.axhspan(mean[0] - std[0], mean[0] + std[0], color=color, alpha=0.12, lw=0)
+                continue
+            ax.plot(x, mean, color=color, label=row.method, lw=1.8)
+            if std is not None:
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
         T = max(len(_complete_matrices(r)[0]) for r in drawn)
         ax.set_xticks(range(1, T + 1))
