@@ -59,6 +59,15 @@ RUNS: dict[str, tuple[dict, dict]] = {
         {"name": "star_prompt", "clip_backbone": "tiny-synth-clip", **SHORT, **STAR},
         {},
     ),
+    # A video method: SynthMotion clips, 2 tasks of 4 classes, on the small VideoMamba's
+    # architecture with random weights (a golden run must not depend on a shipped file).
+    "ssp": (
+        {"name": "ssp", "inner_dim": 32, "attn_dim": 32, "warmup_epochs": 0, **SHORT},
+        {
+            "backbone": {"name": "tiny-synth-videomamba", "pretrained": False},
+            "data": {"name": "synth-motion-5", "subsample": 8, "task_sizes": [4, 4]},
+        },
+    ),
 }
 DEFAULT_JOB = "default-job"
 
@@ -71,7 +80,7 @@ def tensor_digest(t: torch.Tensor) -> str:
     """sha256 of a tensor's dtype, shape and bytes."""
     t = t.detach().cpu().contiguous()
     h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -81,9 +90,11 @@ def config_of(name: str, out: Path) -> dict:
 
         return load_config(None, [f"output.dir={out}"])
     method, opts = RUNS[name]
-    config = synth_run(method, out, **({"augment": True} if opts.get("augment") else {}))
+    data = {**({"augment": True} if opts.get("augment") else {}), **opts.get("data", {})}
+    config = synth_run(method, out, **data)
     if "backbone" in opts:
-        config["backbone"] = {"name": opts["backbone"]}
+        backbone = opts["backbone"]
+        config["backbone"] = backbone if isinstance(backbone, dict) else {"name": backbone}
     return config
 
 

@@ -1,0 +1,123 @@
+"""SSP on VideoMamba: its size, what it adds at initialisation, its two modules, its mixing."""
+
+import pytest
+import torch
+
+from promptcl.backbones.base import LayerPrompts
+from promptcl.backbones.videomamba import VideoMamba
+from promptcl.config import method_config
+from promptcl.methods.base import Batch, Task
+from promptcl.methods.ssp import SSP
+
+
+def tiny_backbone() -> VideoMamba:
+    torch.manual_seed(0)
+    return VideoMamba(embed_dim=32, depth=3, image_size=16, patch_size=4, num_frames=4).freeze()
+
+
+def make_ssp(backbone=None, classes: int = 6, **config) -> SSP:
+    cfg = method_config({"name": "ssp", "inner_dim": 16, "attn_dim": 16, "attn_heads": 2, **config})
+    ssp = SSP(cfg, backbone or tiny_backbone(), [f"c{i}" for i in range(classes)])
+    ssp.begin_task(Task(0, 0, classes, 1))
+    return ssp.eval()
+
+
+def perturb(module: torch.nn.Module) -> None:
+    """Move every trainable parameter away from its initialisation (as training would)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=generator))
+
+
+CLIP = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+
+def test_ssp_on_videomamba_m_has_the_papers_2_41_m_parameters_plus_the_head():
+    backbone = VideoMamba(embed_dim=576, depth=32, image_size=224, patch_size=16)
+    ssp = SSP(method_config({"name": "ssp"}), backbone, [f"c{i}" for i in range(101)])
+    head = sum(p.numel() for p in ssp.head.parameters())
+    ours = sum(p.numel() for p in ssp.parameters()) - head
+    frozen = sum(p.numel() for p in backbone.parameters())
+    assert ours - frozen == 2_418_850  # specs §2.3: 741,504 + 3 x 558,913 + 31 + 576 (norm_f)
+    assert head == 577 * 101  # UCF101
+
+
+def test_without_slots_ssp_at_initialisation_leaves_the_backbone_unchanged():
+    ssp = make_ssp(num_slots=0)
+    with torch.no_grad():
+        bare = ssp.backbone.pool(ssp.backbone(CLIP))
+        torch.testing.assert_close(ssp.features(CLIP), bare, rtol=0, atol=1e-6)
+
+
+def test_at_initialisation_ssp_adds_only_its_zero_slots():
+    """F = 0 and G = 0: the output equals the backbone's with K zero tokens after every frame's
+    patches at every block; the slots themselves change the scan (module docstring)."""
+    ssp = make_ssp()
+    backbone, T = ssp.backbone, CLIP.shape[1]
+
+    def zero_slots(layer, h):
+        head, x = backbone.split_frames(h, T)
+        if layer == 0:
+            x = torch.cat([x, x.new_zeros(*x.shape[:2], 3, x.shape[3])], dim=2)
+        x = torch.cat([x[:, :, :16], torch.zeros_like(x[:, :, 16:])], dim=2)
+        return backbone.join_frames(head, x)
+
+    with torch.no_grad():
+        slotted = backbone(CLIP, LayerPrompts(hook=zero_slots))  # (B, 1 + T (N + K), D)
+        torch.testing.assert_close(
+            backbone(CLIP, LayerPrompts(hook=ssp.hook(T))), slotted, rtol=0, atol=1e-6
+        )
+        bare = backbone(CLIP)  # (B, 1 + T N, D)
+    patches = backbone.split_frames(slotted, T)[1][:, :, :16]  # the slots left out
+    assert (patches - backbone.split_frames(bare, T)[1]).abs().max() > 1e-3  # slots are read
+
+
+@pytest.mark.parametrize("switch", ["ifg", "ifs"])
+def test_each_module_acts_on_the_output_once_trained(switch):
+    on = make_ssp()
+    perturb(on)
+    off = make_ssp(**{switch: False})
+    off.load_state_dict(on.state_dict())
+    with torch.no_grad():
+        tokens = [m.backbone(CLIP, LayerPrompts(hook=m.hook(4))) for m in (on, off)]
+    assert (tokens[0] - tokens[1]).abs().max() > 1e-3
+
+
+def test_ifs_slots_read_the_last_patch_of_every_frame_across_frames():
+    """Changing one frame's last patch changes the output through the slots of the other frames
+    only when IFS is on (the slots are written from s = X[:, :, N-1] by attention over frames)."""
+    results = {}
+    for ifs in (True, False):
+        ssp = make_ssp(ifs=ifs, ifg=False)
+        perturb(ssp)
+        seen: list[torch.Tensor] = []
+        handle = ssp.spread[0].register_forward_hook(
+            lambda module, args, out, seen=seen: seen.append(args[0].detach())
+        )
+        with torch.no_grad():
+            ssp.features(CLIP)
+        handle.remove()
+        results[ifs] = seen
+    assert len(results[True]) == 2 and results[False] == []  # blocks 1 and 2 of 3
+    assert results[True][0].shape == (2, 4, 32)  # (B, T, D): one summary per frame
+
+
+def test_cutmix_boxes_span_every_frame_and_targets_stay_in_the_tasks_classes():
+    ssp = make_ssp(classes=6, mixup=0.0, cutmix=1.0)
+    ssp.train()
+    ssp.begin_task(Task(1, 3, 6, 2))  # the second task: classes 3..5
+    captured = {}
+
+    def spy(x):
+        captured["x"] = x
+        return torch.zeros(len(x), 6, requires_grad=True)
+
+    ssp.predict = spy
+    x = torch.rand(4, 4, 3, 16, 16)
+    losses = ssp.training_step(Batch(x, torch.tensor([3, 4, 5, 3]), torch.arange(4)))
+    changed = (captured["x"] != x).any(dim=2)  # (B, T, H, W): pixels replaced by CutMix
+    assert changed.any()
+    assert (changed == changed[:, :1]).all()  # the same box in every frame
+    assert torch.isfinite(losses["loss"])
