@@ -98,7 +98,12 @@ def bench(
 
 @app.command()
 def pretrain(
-    kind: Annotated[str, typer.Argument(help="vit (tiny-synth-vit) or clip (tiny-synth-clip)")],
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="vit (tiny-synth-vit), clip (tiny-synth-clip) or videomamba (tiny-synth-videomamba)"
+        ),
+    ],
     out: Annotated[Path | None, typer.Option(help="weight file to write")] = None,
     epochs: Annotated[int, typer.Option(help="epochs over the pretraining split")] = 10,
     per_class: Annotated[int, typer.Option(help="training images per pretraining class")] = 200,

@@ -175,14 +175,20 @@ class _ChunkedScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor):
         dt, x, A, B, C, a, h = ctx.saved_tensors
-        dC = torch.matmul(dy.unsqueeze(-2), h).squeeze(-2)  # (L, B, N)
+        L, batch, width, state = h.shape
+        dy = dy.contiguous()  # (L, B, E); e.g. a sum's gradient is a stride-0 expansion
+
+        def contract_width(w: Tensor, t: Tensor) -> Tensor:  # sum_e w_e t_en: (L, B, N)
+            return torch.bmm(w.view(-1, 1, width), t.view(-1, width, state)).view(L, batch, state)
+
+        dC = contract_width(dy, h)
         # g_t = dL/dh_t in full = dy_t C_t + a_{t+1} g_{t+1}: the scan backwards, a shifted by one
         g = dy.unsqueeze(-1) * C.unsqueeze(2)  # (L, B, E, N)
         if g.shape[0] > 1:
             g[-2].addcmul_(a[-1], g[-1])
             _scan_(a[1:], g[:-1], ctx.chunk, reverse=True)
         gB = (g * B.unsqueeze(2)).sum(-1)  # (L, B, E): dL/d(dt x)
-        dB = torch.matmul((dt * x).unsqueeze(-2), g).squeeze(-2)  # (L, B, N)
+        dB = contract_width(dt * x, g)
         q = g  # dL/d(dt A) = g_t h_{t-1} a_t, written over g
         q[1:].mul_(h[:-1])
         q[0] = 0

@@ -276,6 +276,25 @@ class VideoMamba(Backbone):
             with torch.no_grad():
                 weight /= math.sqrt(self.depth)
 
+    @torch.no_grad()
+    def init_dt_like_mamba(
+        self, dt_min: float = 1e-3, dt_max: float = 0.1, generator: torch.Generator | None = None
+    ) -> VideoMamba:
+        """Re-draw every ``dt_proj`` as Mamba's own init does (VideoMamba's constructor undoes it):
+        weight U(-R^-1/2, R^-1/2), bias softplus^-1(dt) with dt log-uniform in [dt_min, dt_max],
+        so the scans start with long memories. A training recipe's choice, for training from
+        scratch (``promptcl pretrain videomamba``)."""
+        for block in self.blocks:
+            for branch in (block.mixer.fwd, block.mixer.bwd):
+                proj = branch.dt_proj
+                bound = proj.in_features**-0.5
+                proj.weight.uniform_(-bound, bound, generator=generator)
+                u = torch.rand(proj.out_features, generator=generator)
+                dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+                dt = dt.clamp(min=1e-4)
+                proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        return self
+
     def set_scan(self, scan: Impl) -> VideoMamba:
         """Choose the selective scan of every block: auto, chunked, sequential or cuda."""
         for block in self.blocks:
