@@ -78,7 +78,8 @@ def runs_table(records: list[RunRecord]) -> str:
         # (an incomplete run's metrics are those of the tasks so far: not shown)
         faa, fm = (r.metrics.get(k) if r.complete else None for k in ("faa", "fm"))
         css = "" if r.complete else ' class="incomplete"'
-        protocol = _e(r.protocol)
+        # (the plain protocol is said once above the table; only departures are spelled out)
+        protocol = _e(r.protocol.replace(" (no task identity at test time)", ""))
         if r.task_oracle:
             protocol = f'<span class="oracle">{protocol}</span>'
         out.append(
