@@ -463,3 +463,19 @@ def test_input_checks(net, clips):
 def test_frozen_backbone_stays_in_eval_mode(net):
     net.train()
     assert not net.training and not any(p.requires_grad for p in net.parameters())
+
+
+def test_initialisation_follows_the_official_constructor_and_mamba_on_request():
+    """VideoMamba's constructor zeroes every Linear bias, dt_proj's too (dt = softplus(0));
+    ``init_dt_like_mamba`` puts back Mamba's dt in [0.001, 0.1] (pretraining from scratch)."""
+    net = VideoMamba(**TINY)
+    branch = net.blocks[0].mixer.bwd
+    assert torch.equal(branch.dt_proj.bias, torch.zeros(E))
+    assert torch.allclose(-torch.exp(branch.A_log), -torch.arange(1, STATE + 1.0).expand(E, -1))
+    assert torch.equal(branch.D, torch.ones(E)) and torch.equal(net.cls_token, torch.zeros(1, 1, D))
+    net.init_dt_like_mamba(generator=torch.Generator().manual_seed(0))
+    for block in net.blocks:
+        for b in (block.mixer.fwd, block.mixer.bwd):
+            dt = F.softplus(b.dt_proj.bias)
+            assert dt.min() >= 1e-3 - 1e-9 and dt.max() <= 0.1 + 1e-9
+            assert b.dt_proj.weight.abs().max() <= RANK**-0.5

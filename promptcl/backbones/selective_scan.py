@@ -263,6 +263,7 @@ def cuda_scan_available() -> bool:
     return _CUDA_SCAN[0] is not None
 
 
+@torch.compiler.disable  # a Python loop over L: torch.compile would unroll it
 def selective_scan(
     u: Tensor,
     delta: Tensor,
