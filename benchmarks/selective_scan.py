@@ -3,9 +3,10 @@
 Tokens per second of one scan direction, batch 1, d_state 16, forward alone (no autograd) and
 forward + backward (gradients of u, delta, A, B, C, D, z and delta_bias), for:
 
-- chunked: the chunked scan with its automatic chunk length (the default on a CPU),
-- chunked K=...: the chunked scan with a forced chunk length (K = L is the plain in-place loop),
-- sequential: ``selective_scan_ref``, the plain loop with autograd through it (the reference).
+- custom, auto K: ``selective_scan_chunked`` (the default on a CPU: one custom autograd function)
+  with its automatic chunk length; at these widths K = L, i.e. the plain loop in place,
+- custom, K=...: the same with a forced chunk length (K < L: the chunked scan),
+- reference: ``selective_scan_ref``, the plain loop with autograd through it.
 
     python benchmarks/selective_scan.py [--threads 1] [--lengths 197 785 1569] [--repeats 3]
         [--chunks 28 1569] [--no-sequential] [--fresh-memory]
@@ -85,7 +86,7 @@ def main() -> None:
     def chunked(K: int | None):
         return lambda *a: selective_scan_chunked(*a, delta_softplus=True, chunk=K)
 
-    scans = [("chunked (auto K)", None)] + [(f"chunked K={K}", K) for K in args.chunks]
+    scans = [("custom, auto K", None)] + [(f"custom, K={K}", K) for K in args.chunks]
     memory = "freed memory kept (keep_freed_memory)" if kept else "malloc defaults"
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch 1, d_state 16, {memory}\n")
     print("| model | E | L | scan | K | forward tokens/s | fwd+bwd tokens/s |")
@@ -95,7 +96,7 @@ def main() -> None:
             rows = [(name, chunked(K), K or chunk_length(L, E * 16)) for name, K in scans]
             if not args.no_sequential:
                 ref = lambda *a: selective_scan_ref(*a, delta_softplus=True)  # noqa: E731
-                rows.append(("sequential (reference)", ref, "-"))
+                rows.append(("reference (autograd loop)", ref, "-"))
             for name, scan, K in rows:
                 fwd = measure(scan, E, L, False, args.repeats)
                 both = measure(scan, E, L, True, args.repeats)

@@ -479,3 +479,25 @@ def test_initialisation_follows_the_official_constructor_and_mamba_on_request():
             dt = F.softplus(b.dt_proj.bias)
             assert dt.min() >= 1e-3 - 1e-9 and dt.max() <= 0.1 + 1e-9
             assert b.dt_proj.weight.abs().max() <= RANK**-0.5
+
+
+def test_shipped_tiny_synth_videomamba():
+    """The shipped weights load into their preset (fp16 file, float32 model) and give finite
+    features of SynthMotion-sized clips; the file records its recipe."""
+    from safetensors import safe_open
+
+    from promptcl.backbones.zoo import WEIGHTS_DIR
+
+    net = backbones.get("tiny-synth-videomamba")(BackboneConfig(name="tiny-synth-videomamba"))
+    assert net.frozen and net.modality == "video" and net.pos_embed.dtype == torch.float32
+    assert (net.embed_dim, net.depth, net.patches_per_frame, net.num_frames) == (64, 4, 4, 8)
+    random = backbones.get("tiny-synth-videomamba")(
+        BackboneConfig(name="tiny-synth-videomamba", pretrained=False)
+    )
+    assert not torch.equal(net.cls_token, random.cls_token)
+    clips = torch.rand(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    features = net.encode(clips)
+    assert features.shape == (2, 64) and torch.isfinite(features).all()
+    with safe_open(str(WEIGHTS_DIR / "tiny-synth-videomamba.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["preset"] == "tiny-synth-videomamba" and float(meta["test_accuracy"]) > 10

@@ -28,7 +28,8 @@ Prompts (``prompt_kinds = {"tokens", "hook"}``), per block i, in this order:
 
 - ``tokens[i]`` (B, L, D), (1, L, D) or (L, D): inserted right after the class token, as for the
   ViT. At i = 0 into the embedded sequence; at i > 0 into the residual stream, with zeros in the
-  hidden states at their positions, so the stream holds the prompt itself from block i on.
+  hidden states at their positions, so the stream holds the prompt itself from block i on
+  [promptcl's choice: VideoMamba has no prompts; VPT-style methods need one].
 - ``hook(i, h) -> h``: called before block i on the block's *hidden states* h (B, L, D), after
   any tokens inserted at i. A VideoMamba block adds h to the residual stream and mixes the
   normalised sum, so at i = 0 h is the embedded sequence (the residual stream is still empty)
@@ -57,13 +58,22 @@ Departures from the official code:
   official weight files are read through ``OFFICIAL_KEY_MAP``; the classification head is dropped.
 - ``num_heads`` is 0: there is no attention, so the ``prefix``, ``residual`` and ``value`` kinds
   do not apply.
+- Stochastic depth (``drop_path``, default 0; the official fine-tuning used 0.1-0.4) is kept as
+  in the code: block i drops the h it receives with rate [0, linspace(0, p, depth)][i], the final
+  add with rate p. A frozen backbone is in eval mode, where it does nothing.
 
 Random initialisation follows the official constructor, including what it does to Mamba's own
 init [read in the code, not stated in the paper]: ``segm_init_weights`` re-draws every Linear
 weight from N(0, 0.02) and zeroes every Linear bias, ``dt_proj``'s too (so dt starts at
 softplus(0) = 0.69 rather than Mamba's 0.001-0.1); ``out_proj`` is then re-drawn (Kaiming uniform)
 and divided by sqrt(depth); A = -(1..N) per channel (S4D-real), D = 1; the class and temporal
-embeddings start at zero, the spatial one at N(0, 0.02).
+embeddings start at zero, the spatial one at N(0, 0.02). ``init_dt_like_mamba`` restores Mamba's
+dt init for training from scratch (``promptcl pretrain videomamba``).
+
+Facts read in the official code rather than the paper: the ImageNet normalisation (its
+``datasets/*.py``), the init above, the head-free state-dict layout (``OFFICIAL_KEY_MAP``) and the
+interpolation modes. Parameter counts computed here (no download): Ti 6.96 M, S 25.41 M, M 73.65 M
+without the head (73.88 M with a 400-class head; the SSP paper's table: 74.00 M).
 """
 
 from __future__ import annotations
