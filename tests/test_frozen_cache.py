@@ -115,7 +115,7 @@ def test_a_keyed_loader_binds_each_batch_while_it_is_held():
     cache = FrozenCache({"plain": 10})
     batches = [(torch.ones(2, 1), torch.zeros(2), torch.tensor([3, 4]))]
     seen = []
-    for x, _, index in KeyedLoader(batches, cache, "plain"):
+    for _, _, index in KeyedLoader(batches, cache, "plain"):
         seen.append((cache._bound[0], cache._bound[1].tolist(), index.tolist()))
     assert seen == [("plain", [3, 4], [3, 4])] and cache._bound is None
 
@@ -149,9 +149,13 @@ def test_each_test_image_is_computed_once_per_run(tmp_path):
         config.train.frozen_cache = cached
         trainer = Trainer(config)
         backbone = trainer.method.backbone
-        computed = []
-        encode = backbone.encode
-        backbone.encode = lambda x, prompts=None: computed.append(len(x)) or encode(x, prompts)
+        computed: list[int] = []
+
+        def counted(x, prompts=None, encode=backbone.encode, computed=computed):
+            computed.append(len(x))
+            return encode(x, prompts)
+
+        backbone.encode = counted
         trainer.run()
         rows[cached] = sum(computed)
     train, test = 30 * 20, [len(trainer.scenario.test_view(t)) for t in range(3)]
