@@ -26,7 +26,9 @@ CASES = {
     ),
     "tppt": ({"name": "tppt", "variant": "VT", "num_components": 30}, "tiny-synth-clip", set()),
     "costep": ({"name": "costep"}, "tiny-synth-vit", {"head"}),
+    "ssp": ({"name": "ssp"}, "tiny-synth-videomamba", {"head", "feature_scale"}),
 }
+VIDEO = {"name": "synth-motion-5", "task_sizes": [10, 10], "subsample": 4}
 
 
 def trained(m, task: Task) -> tuple[set[str], set[int]]:
@@ -46,7 +48,7 @@ def prompt_ids(m) -> set[int]:
 @pytest.mark.parametrize("name", CASES)
 def test_freeze_prompts_trains_everything_but_the_prompt_state(name):
     method, backbone, still_trained = CASES[name]
-    config = synth_run(method, "unused")
+    config = synth_run(method, "unused", **(VIDEO if "videomamba" in backbone else {}))
     config["backbone"] = {"name": backbone}
     m = build_run(build_config(config)).method
     tasks = [Task(t, 10 * t, 10 * t + 10, 3) for t in range(2)]

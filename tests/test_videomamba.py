@@ -490,7 +490,7 @@ def test_shipped_tiny_synth_videomamba():
 
     net = backbones.get("tiny-synth-videomamba")(BackboneConfig(name="tiny-synth-videomamba"))
     assert net.frozen and net.modality == "video" and net.pos_embed.dtype == torch.float32
-    assert (net.embed_dim, net.depth, net.patches_per_frame, net.num_frames) == (64, 4, 4, 8)
+    assert (net.embed_dim, net.depth, net.patches_per_frame, net.num_frames) == (64, 4, 16, 8)
     random = backbones.get("tiny-synth-videomamba")(
         BackboneConfig(name="tiny-synth-videomamba", pretrained=False)
     )
