@@ -1,12 +1,19 @@
 """SSP on VideoMamba: its size, what it adds at initialisation, its two modules, its mixing."""
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
+from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import LayerPrompts
 from promptcl.backbones.videomamba import VideoMamba
-from promptcl.config import method_config
-from promptcl.methods.base import Batch, Task
+from promptcl.build import build_run
+from promptcl.config import build_config, method_config
+from promptcl.engine.progress import Console
+from promptcl.engine.trainer import Trainer
+from promptcl.methods.base import Batch, Task, trainable
 from promptcl.methods.ssp import SSP
 
 
@@ -31,6 +38,7 @@ def perturb(module: torch.nn.Module) -> None:
                 p.add_(0.3 * torch.randn(p.shape, generator=generator))
 
 
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ssp_synth-motion-5.yaml"
 CLIP = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
 
 
@@ -121,3 +129,46 @@ def test_cutmix_boxes_span_every_frame_and_targets_stay_in_the_tasks_classes():
     assert changed.any()
     assert (changed == changed[:, :1]).all()  # the same box in every frame
     assert torch.isfinite(losses["loss"])
+
+
+def synth_motion_run(out, **method) -> dict:
+    """``configs/ssp_synth-motion-5.yaml`` cut to one task of 10 classes, 10 clips a class."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["data"] |= {"task_sizes": [10], "subsample": 10}
+    config["method"] |= {"epochs": 3, **method}
+    config["output"] = {"dir": str(out), "checkpoint": False}
+    return config
+
+
+def test_ssp_learns_motion_on_the_shipped_backbone(tmp_path):
+    """SynthMotion's continual classes tell motions apart: well above chance (10 %)."""
+    result = Trainer(build_config(synth_motion_run(tmp_path)), Console(quiet=True)).run()
+    assert result.metrics["faa"] > 40
+
+
+def test_trained_ssp_modules_fit_what_frozen_ones_cannot(tmp_path):
+    """On one batch of 16 training clips, 25 AdamW steps (lr 3e-3, the config's loss): the trained SSP
+    modules take the loss well below the same steps with them frozen at initialisation (the
+    head and the feature scale train in both). What they earn on test clips needs more data
+    than a test can afford: ``benchmarks/ssp_synth.py`` measures it."""
+    config = build_config(synth_motion_run(tmp_path))
+    losses = {}
+    for frozen in (False, True):
+        torch.manual_seed(0)
+        run = build_run(config)
+        m, scenario = run.method, run.scenario
+        m.config.freeze_prompts = frozen
+        m.begin_task(Task(0, *scenario.class_range(0), 1))
+        shuffled = torch.Generator().manual_seed(0)
+        loader = DataLoader(scenario.train_view(0), 16, shuffle=True, generator=shuffled)
+        x, y, index = next(iter(loader))
+        groups = trainable(m.param_groups(), m.frozen_parameters())
+        optimizer = torch.optim.AdamW(groups, lr=3e-3, weight_decay=0.05)
+        m.train()
+        for _ in range(25):
+            loss = m.training_step(Batch(x, y, index))["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        losses[frozen] = loss.item()
+    assert losses[False] < 0.8 * losses[True]  # measured: 0.63 against 1.00
