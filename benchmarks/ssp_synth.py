@@ -1,11 +1,12 @@
 """SSP on the offline SynthMotion world, single-task and class-incremental, with its parts switched
-off in turn, against a linear probe and L2P on the same frozen tiny-synth-videomamba.
+off in turn, against linear probes and L2P on the same frozen tiny-synth-videomamba.
 
 synth-motion-5: 40 classes (5 tasks in the continual setting, one task of 40 in the single-task
 setting, SSP's paper setting); sibling classes show the same poses in another order, so the
-frame order matters. Clips are not augmented; each run trains on ``--subsample`` of the 40
-training clips per class and tests on all 20. SSP keeps its configs' method values
-(``configs/ssp_synth-motion-5.yaml``).
+frame order matters. Clips are not augmented; each run trains on all 40 training clips per
+class (``--subsample N``: N of them) and tests on all 20. SSP keeps its config's method values
+(``configs/ssp_synth-motion-5.yaml``). CODA-Prompt does not apply: its prompts are attention
+prefixes, and a VideoMamba has no attention. One run takes up to 15 minutes on one thread.
 
     python benchmarks/ssp_synth.py [--setting single continual] [--workers 2] [--only NAME ...]
 """
@@ -32,6 +33,12 @@ def runs() -> dict[str, dict]:
         "ssp, prompts frozen": {**ssp, "freeze_prompts": True},
         "ssp, adapt first_task": {**ssp, "adapt": "first_task"},
         "linear probe": {"name": "linear_probe", "epochs": ssp["epochs"], "batch_size": 32},
+        "linear probe, lr 0.01": {
+            "name": "linear_probe",
+            "epochs": ssp["epochs"],
+            "batch_size": 32,
+            "lr": 0.01,
+        },
         "l2p": {**l2p, "query_cache": True},
     }
 
@@ -39,7 +46,7 @@ def runs() -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", nargs="+", default=["single", "continual"])
-    parser.add_argument("--subsample", type=int, default=20)
+    parser.add_argument("--subsample", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", default=None)
@@ -61,7 +68,8 @@ def main() -> None:
                 "output": {"dir": out, "checkpoint": False},
             }
 
-        title = f"synth-motion-5 {setting}, tiny-synth-videomamba, subsample {args.subsample}"
+        clips = args.subsample or 40
+        title = f"synth-motion-5 {setting}, tiny-synth-videomamba, {clips} training clips a class"
         run_grid(config, names, args.workers, args.seed, title)
 
 
