@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from promptcl.config import build_config
 from promptcl.engine.bench import bench
@@ -40,8 +41,6 @@ CASES = {
 
 
 def config(backbone: str, batch: int, ssp: dict) -> dict:
-    import yaml
-
     cfg = yaml.safe_load((ROOT / "configs" / "ssp_synth-motion-5.yaml").read_text())
     cfg["backbone"] = {"name": backbone, "pretrained": backbone.startswith("tiny-synth")}
     cfg["method"] |= {"batch_size": batch, **ssp}
@@ -53,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="tiny only; Ti and M time 1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
