@@ -22,6 +22,15 @@ from grid import run_grid
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PROTOTYPES = {"adapt": "first_task", "classifier": "prototypes"}
+ABLATIONS = {
+    "": {},
+    ", IFG off": {"ifg": False},
+    ", IFS off": {"ifs": False},
+    ", prompts frozen": {"freeze_prompts": True},
+}
+
+
 def runs() -> dict[str, dict]:
     """name -> method config."""
     ssp = yaml.safe_load((ROOT / "configs" / "ssp_synth-motion-5.yaml").read_text())["method"]
@@ -32,6 +41,15 @@ def runs() -> dict[str, dict]:
         "ssp, IFS off": {**ssp, "ifs": False},
         "ssp, prompts frozen": {**ssp, "freeze_prompts": True},
         "ssp, adapt first_task": {**ssp, "adapt": "first_task"},
+        **{
+            f"ssp, first_task + prototypes{part}": {**ssp, **PROTOTYPES, **off}
+            for part, off in ABLATIONS.items()
+        },
+        "ssp, first_task + prototypes+frozen": {
+            **ssp,
+            **PROTOTYPES,
+            "classifier": "prototypes+frozen",
+        },
         "linear probe": {"name": "linear_probe", "epochs": ssp["epochs"], "batch_size": 32},
         "linear probe, lr 0.01": {
             "name": "linear_probe",
@@ -40,6 +58,7 @@ def runs() -> dict[str, dict]:
             "lr": 0.01,
         },
         "l2p": {**l2p, "query_cache": True},
+        "simplecil": {"name": "simplecil"},
     }
 
 

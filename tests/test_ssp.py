@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from promptcl.backbones.base import LayerPrompts
 from promptcl.backbones.videomamba import VideoMamba
@@ -120,15 +120,61 @@ def test_cutmix_boxes_span_every_frame_and_targets_stay_in_the_tasks_classes():
 
     def spy(x):
         captured["x"] = x
-        return torch.zeros(len(x), 6, requires_grad=True)
+        return torch.zeros(len(x), 32, requires_grad=True)  # (B, F)
 
-    ssp.predict = spy
+    ssp.features = spy
     x = torch.rand(4, 4, 3, 16, 16)
     losses = ssp.training_step(Batch(x, torch.tensor([3, 4, 5, 3]), torch.arange(4)))
     changed = (captured["x"] != x).any(dim=2)  # (B, T, H, W): pixels replaced by CutMix
     assert changed.any()
     assert (changed == changed[:, :1]).all()  # the same box in every frame
     assert torch.isfinite(losses["loss"])
+
+
+@pytest.mark.parametrize("classifier", ["prototypes", "prototypes+frozen"])
+def test_prototypes_are_class_means_of_the_prompted_features_scored_by_cosine(classifier):
+    """``prototypes+frozen`` puts the frozen backbone's features (no slots) before them (APER)."""
+    ssp = make_ssp(classes=4, classifier=classifier)
+    perturb(ssp)
+    clips = torch.rand(6, 4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    ssp.end_task(ssp.task, DataLoader(TensorDataset(clips, labels), batch_size=4))
+    with torch.no_grad():
+        features, logits = ssp.features(clips), ssp.predict(clips)
+        if classifier == "prototypes+frozen":
+            features = torch.cat([ssp.backbone.encode(clips), features], dim=-1)
+    means = torch.stack([features[labels == c].mean(0) for c in (0, 1)])
+    torch.testing.assert_close(ssp.prototypes[:2], means)
+    assert (ssp.prototypes[2:] == 0).all()  # classes without data get no prototype
+    cosine = torch.nn.functional.cosine_similarity(features[:, None], means[None], dim=-1)
+    torch.testing.assert_close(logits[:, :2], cosine)
+
+
+def test_with_prototypes_the_head_still_trains_the_modules():
+    """The prototypes score the test clips; training still goes through the linear head."""
+    ssp = make_ssp(classifier="prototypes", mixup=0.0, cutmix=0.0).train()
+    ssp.training_step(Batch(CLIP, torch.tensor([0, 1]), torch.arange(2)))["loss"].backward()
+    assert ssp.head.weight.grad.abs().sum() > 0
+    assert ssp.inner.local.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("classifier", "trained"),
+    [
+        ("linear", {"head.weight", "head.bias", "feature_scale"}),
+        ("prototypes", set()),
+        ("prototypes+frozen", set()),
+    ],
+)
+def test_first_task_adaptation_stops_the_modules_after_the_first_task(classifier, trained):
+    """And with prototypes also the head and feature scale: they would move the old classes'
+    features away from their prototypes."""
+    ssp = make_ssp(classes=4, adapt="first_task", classifier=classifier)
+    assert {"inner.up.weight", "gammas", "feature_scale"} < {
+        n for n, p in ssp.named_parameters() if p.requires_grad
+    }
+    ssp.begin_task(Task(1, 2, 4, 2))
+    assert {n for n, p in ssp.named_parameters() if p.requires_grad} == trained
 
 
 def synth_motion_run(out, **method) -> dict:

@@ -282,6 +282,27 @@ class Method(nn.Module, ABC):
 
 
 @torch.no_grad()
+def class_means(
+    loader: DataLoader, encode: Callable[[Tensor], Tensor], num_classes: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The mean ``encode`` feature of each class of this process's block of a task's data, summed
+    over processes: (C, F) means (zero rows for absent classes) and the (C,) mask of the classes
+    present. Sums are accumulated in float64: exact in practice for float32 features, so the means
+    depend on neither the number of processes nor the order."""
+    sums, counts = None, torch.zeros(num_classes, dtype=torch.float64, device=device)
+    for x, y, *_ in loader:
+        y, features = y.to(device), encode(x.to(device)).double()
+        if sums is None:
+            sums = features.new_zeros(num_classes, features.shape[1])
+        sums.index_add_(0, y, features)
+        counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
+    assert sums is not None, "class_means: the loader is empty"
+    collectives.all_reduce_sum(sums)
+    collectives.all_reduce_sum(counts)
+    return sums / counts.clamp(min=1)[:, None], counts > 0
+
+
+@torch.no_grad()
 def gather_features(
     loader: DataLoader, encode: Callable[[Tensor], Tensor], device: torch.device
 ) -> tuple[Tensor, Tensor]:

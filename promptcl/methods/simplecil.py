@@ -10,15 +10,16 @@ of a cosine linear layer).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from promptcl import collectives
 from promptcl.backbones.base import Backbone
 from promptcl.config import MethodConfig
-from promptcl.methods.base import Method, Task
+from promptcl.methods.base import Method, Task, class_means
 from promptcl.registry import methods
 
 
@@ -37,20 +38,10 @@ class SimpleCIL(Method):
 
     @torch.no_grad()
     def end_task(self, task: Task, loader: DataLoader) -> None:
-        """Class means over the task's data. Sums are accumulated in float64 and summed over
-        processes (each reads its own shard): float64 sums of float32 features are exact in
-        practice, so the prototypes do not depend on the number of processes or the order."""
-        device = self.prototypes.device
-        sums = torch.zeros(self.prototypes.shape, dtype=torch.float64, device=device)
-        counts = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
-        for x, y, *_ in loader:
-            y = y.to(device)
-            sums.index_add_(0, y, self.frozen(x.to(device), self.backbone.encode).double())
-            counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
-        collectives.all_reduce_sum(sums)
-        collectives.all_reduce_sum(counts)
-        seen = counts > 0
-        self.prototypes[seen] = (sums[seen] / counts[seen, None]).to(self.prototypes.dtype)
+        """Class means of the frozen features over the task's data (``class_means``)."""
+        encode = partial(self.frozen, compute=self.backbone.encode)
+        means, seen = class_means(loader, encode, self.num_classes, self.prototypes.device)
+        self.prototypes[seen] = means[seen].to(self.prototypes.dtype)
 
     def predict(self, x: Tensor) -> Tensor:
         features = F.normalize(self.frozen(x, self.backbone.encode), dim=-1)  # (B, D)

@@ -71,11 +71,12 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
 from promptcl.backbones.base import Backbone, LayerPrompts
 from promptcl.config import MethodConfig
 from promptcl.errors import ConfigError
-from promptcl.methods.base import Batch, Method, Task
+from promptcl.methods.base import Batch, Method, Task, class_means, parameters_of
 from promptcl.registry import methods
 
 
@@ -108,6 +109,11 @@ class SSPConfig(MethodConfig):
         "every_task",
         description="class-incremental [inferred]: train the shared SSP modules on every task, "
         "or only on the first",
+    )
+    classifier: Literal["linear", "prototypes", "prototypes+frozen"] = Field(
+        "linear",
+        description="class-incremental [inferred]: the trained head, or the cosine similarity to "
+        "each class's mean feature, taken at the end of its task (SimpleCIL, APER)",
     )
 
 
@@ -188,6 +194,9 @@ class SSP(Method):
         self.gammas = nn.Parameter(torch.zeros(max(backbone.depth - 1, 0)))
         self.feature_scale = nn.Parameter(torch.ones(backbone.feature_dim))  # norm_f's weight
         self.head = nn.Linear(backbone.feature_dim, self.num_classes)
+        if config.classifier != "linear":
+            width = backbone.feature_dim * (2 if config.classifier == "prototypes+frozen" else 1)
+            self.register_buffer("prototypes", torch.zeros(self.num_classes, width))
         mixing = config.mixup > 0 or config.cutmix > 0
         self.mix = (
             Mixup(
@@ -206,9 +215,12 @@ class SSP(Method):
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
         if self.config.adapt == "first_task":
-            for p in (self.inner.parameters(), self.spread.parameters(), [self.gammas]):
-                for q in p:
-                    q.requires_grad_(task.index == 0)
+            # With prototypes, the head and feature scale stop too: they would move old features.
+            stop = [self.inner, self.spread, self.gammas]
+            if self.config.classifier != "linear":
+                stop += [self.head, self.feature_scale]
+            for p in parameters_of(stop):
+                p.requires_grad_(task.index == 0)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Weight decay on the matrices only (the official ``get_parameter_groups``)."""
@@ -246,8 +258,27 @@ class SSP(Method):
         tokens = self.backbone(x, LayerPrompts(hook=self.hook(x.shape[1])))
         return self.backbone.pool(tokens) * self.feature_scale
 
+    def prototype_features(self, x: Tensor) -> Tensor:
+        """What the prototypes average: the prompted features, after the frozen backbone's own
+        (without SSP's slots) with ``prototypes+frozen`` (APER's concatenation)."""
+        features = self.features(x)
+        if self.config.classifier == "prototypes+frozen":
+            features = torch.cat([self.frozen(x, self.backbone.encode), features], dim=-1)
+        return features
+
     def predict(self, x: Tensor) -> Tensor:
+        if self.config.classifier != "linear":
+            features = F.normalize(self.prototype_features(x), dim=-1)  # (B, F)
+            return features @ F.normalize(self.prototypes, dim=-1).T  # (B, C)
         return self.head(self.features(x))  # (B, C)
+
+    @torch.no_grad()
+    def end_task(self, task: Task, loader: DataLoader) -> None:
+        """With prototypes: the task's class means of the prompted features (``class_means``)."""
+        if self.config.classifier != "linear":
+            device = self.head.weight.device
+            means, seen = class_means(loader, self.prototype_features, self.num_classes, device)
+            self.prototypes[seen] = means[seen].to(self.prototypes.dtype)
 
     def training_step(self, batch: Batch) -> dict[str, Tensor]:
         """Soft-target cross-entropy over the current task's classes, on mixed clips."""
@@ -265,6 +296,6 @@ class SSP(Method):
             targets = F.one_hot(y, end - start).float()
             smoothing = self.config.label_smoothing
             targets = targets * (1 - smoothing) + smoothing / (end - start)
-        logits = self.predict(x)[:, start:end]
+        logits = self.head(self.features(x))[:, start:end]  # the head trains with prototypes too
         loss = SoftTargetCrossEntropy()(logits, targets)
         return {"loss": loss}
