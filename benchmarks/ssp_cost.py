@@ -43,7 +43,7 @@ CASES = {
 def config(backbone: str, batch: int, ssp: dict) -> dict:
     cfg = yaml.safe_load((ROOT / "configs" / "ssp_synth-motion-5.yaml").read_text())
     cfg["backbone"] = {"name": backbone, "pretrained": backbone.startswith("tiny-synth")}
-    cfg["method"] |= {"batch_size": batch, **ssp}
+    cfg["method"] |= {"batch_size": batch, "classifier": "linear", **ssp}  # the paper's head
     cfg["train"] = {"eval_batch_size": batch}
     return cfg
 

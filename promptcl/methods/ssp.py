@@ -48,16 +48,25 @@ Departures from the official code:
   (which gives every trained parameter scale 1 in the official grouping anyway).
 - Odd-sized batches (a task's last) are not mixed: timm's Mixup needs an even batch.
 
-Class-incremental use [inferred: SSP has no continual-learning mechanism; specs §2.7, §5]: one
-head over all classes, trained with ``train_mask`` (only the current task's logits; mixed
-targets over the current task's classes), and ``adapt`` says what becomes of the shared SSP
-modules after the first task: ``every_task`` keeps training them (they drift towards the newest
-task), ``first_task`` freezes them after task 0 and trains only the head and the feature scale
-afterwards (no drift; later tasks read features tuned to the first). Neither keeps the head
-from forgetting: on ``synth-motion-5`` (``benchmarks/ssp_synth.py``) every_task ends at FAA 27.9
-(FM 35.2), first_task at 32.0 (FM 28.1), with the modules frozen at initialisation at 28.3:
-first_task only ties a linear probe of the frozen backbone (32.0, FM 26.7; all seed 0, 40 clips
-a class). Forgetting sits in the head as much as in the modules.
+Class-incremental use [inferred: SSP has no continual-learning mechanism; specs §2.7, §5].
+Training is the same in every task: one linear head over all classes, trained with
+``train_mask`` (only the current task's logits; mixed targets over the current task's classes).
+``adapt`` says what becomes of the shared SSP modules after the first task: ``every_task`` keeps
+training them (they drift towards the newest task), ``first_task`` freezes them after task 0.
+``classifier`` says what scores a clip: the trained head (``linear``, the paper's), or the
+cosine similarity to each class's mean feature over its task's training clips, taken at the end
+of the task (``prototypes``, as SimpleCIL and APER do: Zhou et al., IJCV 2024);
+``prototypes+frozen`` puts the frozen backbone's own features (without SSP's slots) before the
+prompted ones, APER's concatenation. With ``first_task`` and prototypes nothing trains after task
+0 (the head and the feature scale stop too: they would move the features the old prototypes were
+taken from): APER's "adapt once, then merge" in SSP's terms. That is the continual recipe of
+``configs/ssp_synth-motion-5.yaml``. On ``synth-motion-5`` (``benchmarks/ssp_synth.py``, FAA,
+seeds 0-2): first_task + prototypes 44.5 (FM 17.1), its modules frozen at initialisation 38.9, a
+linear probe of the frozen backbone 30.6; the trained head forgets (seed 0: every_task 27.9 with
+FM 35.2, first_task 32.0; every_task with prototypes 40.9 with FM 40.8, stale prototypes).
+SimpleCIL on the backbone without slots reaches 47.9: the K zero slots cost this 16-patch
+backbone's features 9 points (K = 1: 4), more than the modules earn back; prototypes+frozen
+recovers it and ties SimpleCIL (47.6).
 """
 
 from __future__ import annotations
