@@ -15,6 +15,7 @@ prefixes, and a VideoMamba has no attention. One run takes up to 15 minutes on o
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -50,6 +51,20 @@ def runs() -> dict[str, dict]:
     }
 
 
+def config(name: str, seed: int, out: str, setting: str, subsample: int | None) -> dict:
+    """The run of ``name`` (a module-level function: worker processes unpickle it)."""
+    data = {"name": "synth-motion-5", "augment": False, "subsample": subsample}
+    if setting == "single":
+        data["num_tasks"] = 1
+    return {
+        "seed": seed,
+        "data": data,
+        "backbone": {"name": "tiny-synth-videomamba"},
+        "method": runs()[name],
+        "output": {"dir": out, "checkpoint": False},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setting", nargs="+", default=["single", "continual"])
@@ -63,21 +78,10 @@ def main() -> None:
             n for n in (args.only or runs()) if setting == "continual" or "first_task" not in n
         ]
 
-        def config(name: str, seed: int, out: str, setting: str = setting) -> dict:
-            data = {"name": "synth-motion-5", "augment": False, "subsample": args.subsample}
-            if setting == "single":
-                data["num_tasks"] = 1
-            return {
-                "seed": seed,
-                "data": data,
-                "backbone": {"name": "tiny-synth-videomamba"},
-                "method": runs()[name],
-                "output": {"dir": out, "checkpoint": False},
-            }
-
         clips = args.subsample or 40
         title = f"synth-motion-5 {setting}, tiny-synth-videomamba, {clips} training clips a class"
-        run_grid(config, names, args.workers, args.seed, title)
+        make = partial(config, setting=setting, subsample=args.subsample)
+        run_grid(make, names, args.workers, args.seed, title)
 
 
 if __name__ == "__main__":
